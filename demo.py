@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Segment the object an English expression refers to, and save an overlay.
+
+    python demo.py --image photo.jpg --text "the man on the left"
+    python demo.py --image x.png --text "the blue square" --checkpoint runs/x/best --out o.png --mask m.png
+
+Without --checkpoint the newest runs/*/best is used.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", required=True, help="input image (any format PIL reads)")
+    p.add_argument("--text", required=True, help="the referring expression")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint directory (default: the newest runs/*/best)")
+    p.add_argument("--out", default=None, help="overlay image to write (default: <image>_overlay.png "
+                                                "in the current directory)")
+    p.add_argument("--mask", default=None, help="also write the binary mask as a PNG here")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def newest_checkpoint(runs_dir: str | Path = "runs") -> Path | None:
+    found = [p for p in Path(runs_dir).glob("*/best") if (p / "model.safetensors").is_file()]
+    return max(found, key=lambda p: (p / "model.safetensors").stat().st_mtime) if found else None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from refseg.cli import UserError, quiet_libraries
+    quiet_libraries()
+    from refseg.data.transforms import clean_text
+    from refseg.visualize import overlay, read_image, write_image
+
+    text = clean_text(args.text)
+    if not text:
+        raise UserError("--text is empty: give an expression such as \"the man on the left\"")
+    image = read_image(args.image)  # validate the input before the (slower) model load
+    ckpt = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
+    if ckpt is None:
+        raise UserError("no checkpoint found under runs/*/best: train one with "
+                        "`accelerate launch train.py` or pass --checkpoint DIR")
+    if not args.checkpoint:
+        print(f"using the newest checkpoint: {ckpt}")
+    from refseg.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(ckpt, device=args.device)
+    mask = predictor.predict(image, text)
+    out = Path(args.out) if args.out else Path(Path(args.image).stem + "_overlay.png")
+    write_image(out, overlay(image, mask, text))
+    print(f"mask covers {100.0 * mask.mean():.1f}% of the {image.shape[1]}x{image.shape[0]} image")
+    print(f"overlay written to {out}")
+    if args.mask:
+        print(f"mask written to {write_image(args.mask, mask)}")
+    return 0
+
+
+if __name__ == "__main__":
+    from refseg.cli import run
+    run(main, prog="demo.py")

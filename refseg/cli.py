@@ -1,0 +1,73 @@
+"""Shared command-line plumbing: one clear error line and a non-zero exit instead of a traceback."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line, exit code 2."""
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (weight-load reports, hub warnings) that would bury our output."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing or very old
+        pass
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from .config import ConfigError
+
+    if isinstance(exc, (UserError, ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        PermissionError)):
+        return True
+    try:
+        from .data.refer import DataError  # noqa: WPS433 - optional until the data module exists
+    except Exception:  # pragma: no cover
+        DataError = ()  # type: ignore
+    if DataError and isinstance(exc, DataError):
+        return True
+    return type(exc).__name__ in {"CheckpointError", "UnsafePickleError", "DataError", "ImageReadError"}
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+        prog: str | None = None) -> None:
+    """Call ``main(argv)``; turn exceptions into one stderr line and an exit code.
+
+    ``--debug`` anywhere in argv re-raises with the full traceback.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("REFSEG_DEBUG") == "1"
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        code = main(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the whole point is one clean line
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _is_user_error(exc):
+            print(f"{prog}: error: {msg}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        print(f"{prog}: error: {type(exc).__name__}: {msg} (run with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+    sys.exit(int(code or 0))

@@ -1,0 +1,341 @@
+"""Typed run configuration: YAML -> nested dataclasses, with dotted ``key=value`` overrides.
+
+Every field has a default, so ``load_config()`` with no file gives the embedded default run.
+Unknown keys are errors that name the nearest valid key; wrong types name the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RefShapesConfig:
+    """Sizes of the synthetic referring dataset written on first use (``refseg.data.refshapes``)."""
+
+    num_train_images: int = 4000
+    num_val_images: int = 300
+    num_test_images: int = 300
+    image_size: int = 192
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "refshapes"  # refshapes | refcoco | refcoco+ | refcocog | any refer-layout folder | HF export path
+    root: str = "data"
+    split_by: str = "refshapes"  # unc | umd | google | refshapes | ...
+    image_size: int = 192  # square working resolution (LAVT: 480)
+    train_split: str = "train"
+    val_split: str = "val"
+    num_workers: int = 2
+    max_val_samples: Optional[int] = None  # cap on (ref, sentence) pairs evaluated during training
+    augment: bool = False  # horizontal flip is unsafe with "left"/"right"; only photometric jitter
+    refshapes: RefShapesConfig = field(default_factory=RefShapesConfig)
+
+
+@dataclass
+class VisionConfig:
+    arch: str = "xcit_columnar"  # xcit_columnar | xcit_hierarchical
+    name: str = "xcit_nano_12_p8"  # timm XCiT variant for the columnar encoder
+    pretrained: Optional[str] = None  # null | timm tag | local .safetensors/.pth
+    # Optional overrides of the timm variant's shape (a smaller or deeper columnar model).
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    out_indices: Optional[list[int]] = None  # blocks closing each of the 4 stages; default per depth
+    # Hierarchical (Swin-like) encoder, trained from scratch.
+    hierarchical_dims: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    hierarchical_depths: list[int] = field(default_factory=lambda: [2, 2, 4, 2])
+    hierarchical_heads: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class CrossViTConfig:
+    enabled: bool = True
+    patch_size: int = 16  # the second stream's patch size (the XCiT stream uses the vision patch size)
+    embed_dim: int = 128
+    depth: int = 1  # transformer blocks of the second stream per stage
+    num_heads: int = 4
+
+
+@dataclass
+class TextConfig:
+    name: str = "bundled-minilm"  # bundled-minilm | a Hugging Face name | a local path
+    max_tokens: int = 20
+    # Indices of encoder layers that train; "all", "none" or a list (LAVT trains layers 0-9).
+    trainable_layers: Any = "none"
+    train_embeddings: bool = False
+
+
+@dataclass
+class FusionConfig:
+    """Pixel-Word Attention Module and language gate settings."""
+
+    hidden_dim: Optional[int] = None  # PWAM key/query width; default: the stage width
+    num_heads: int = 1
+    spatial_cues: bool = True  # append normalised (x, y) coordinates to the PWAM query/visual inputs
+    dropout: float = 0.0
+
+
+@dataclass
+class DecoderConfig:
+    hidden_dim: int = 128
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    crossvit: CrossViTConfig = field(default_factory=CrossViTConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass
+class LossConfig:
+    class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    dice_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 3000
+    max_epochs: Optional[int] = None  # when set, max_steps = epochs * steps per epoch
+    batch_size: int = 8  # per process
+    gradient_accumulation_steps: int = 1
+    lr: float = 3e-4
+    text_lr: Optional[float] = None  # learning rate of the trainable text layers (default: lr)
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    poly_power: float = 0.9
+    grad_clip: Optional[float] = 1.0
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: bf16 where it is fast)
+    seed: int = 0
+    checkpoint_every: int = 500
+    eval_every: int = 1000
+    log_every: int = 20
+    max_bad_steps: int = 20  # consecutive non-finite losses before training stops
+    output_dir: Optional[str] = None  # default runs/<timestamp>
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    resized_gt: bool = False  # score at image_size x image_size resized ground truth (LAVT test.py)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and validating
+# ---------------------------------------------------------------------------------------------
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _nearest(key: str, options) -> str:
+    options = list(options)
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.0)
+    return match[0] if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to type ``tp`` (a typing annotation); raise ConfigError on mismatch."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a split name like 2014 written unquoted
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in (data or {}).items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            near = _nearest(str(key), names)
+            near_full = f"{where}.{near}" if where else near
+            raise ConfigError(f"unknown config key '{full}' (did you mean '{near_full}'?)")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    out = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.extend(_all_keys(hints[f.name], name + "."))
+        else:
+            out.append(name)
+    return out
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``a.b.c=value`` strings to a nested dict (values parsed as YAML scalars/lists)."""
+    valid = set(_all_keys(Config))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if key not in valid:
+            # Allow setting a whole sub-section (e.g. data.refshapes={...}) as well.
+            sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
+            if key not in sections:
+                raise ConfigError(f"unknown config key '{key}' (did you mean '{_nearest(key, valid)}'?)")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def _validate(cfg: Config) -> None:
+    def bad(msg):
+        raise ConfigError(msg)
+
+    if cfg.model.vision.arch not in ("xcit_columnar", "xcit_hierarchical"):
+        bad(f"model.vision.arch: expected xcit_columnar or xcit_hierarchical, got '{cfg.model.vision.arch}'")
+    if cfg.data.image_size < 32:
+        bad(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
+    if cfg.train.batch_size < 1:
+        bad(f"train.batch_size: must be positive, got {cfg.train.batch_size}")
+    if cfg.train.max_steps < 1 and not cfg.train.max_epochs:
+        bad(f"train.max_steps: must be positive, got {cfg.train.max_steps}")
+    if cfg.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        bad(f"train.mixed_precision: expected auto, no, bf16 or fp16, got '{cfg.train.mixed_precision}'")
+    if len(cfg.loss.class_weights) != 2:
+        bad("loss.class_weights: expected two numbers (background, object)")
+    if cfg.model.text.max_tokens < 2:
+        bad("model.text.max_tokens: must be at least 2")
+    tl = cfg.model.text.trainable_layers
+    if not (tl in ("all", "none") or (isinstance(tl, list) and all(isinstance(i, int) for i in tl))):
+        bad(f"model.text.trainable_layers: expected 'all', 'none' or a list of layer indices, got {tl!r}")
+    for name in ("hierarchical_dims", "hierarchical_depths", "hierarchical_heads"):
+        if len(getattr(cfg.model.vision, name)) != 4:
+            bad(f"model.vision.{name}: expected 4 values (one per stage)")
+    if cfg.model.vision.out_indices is not None and len(cfg.model.vision.out_indices) != 4:
+        bad("model.vision.out_indices: expected 4 block indices")
+
+
+def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> Config:
+    data = apply_overrides(dict(data or {}), overrides)
+    cfg = _build(Config, data)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the embedded defaults when ``path`` is None) and apply overrides.
+
+    >>> cfg = load_config("configs/default.yaml", overrides=["train.max_steps=10"])
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "config.yaml"
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None

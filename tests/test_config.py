@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from refseg.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(overrides=["train.max_steps=10", "model.crossvit.enabled=false", "train.lr=1e-4",
+                                 "model.vision.out_indices=[1,2,3,4]", "model.vision.pretrained=null"])
+    assert cfg.train.max_steps == 10 and cfg.model.crossvit.enabled is False
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.model.vision.out_indices == [1, 2, 3, 4]
+    assert cfg.model.vision.pretrained is None
+
+
+def test_design_keys_exist():
+    cfg = Config()
+    for key in ["data.name", "data.root", "data.split_by", "data.image_size", "model.vision.arch",
+                "model.vision.name", "model.vision.pretrained", "model.crossvit.enabled",
+                "model.text.name", "model.text.max_tokens", "train.max_steps", "train.batch_size",
+                "train.lr", "train.seed", "train.checkpoint_every", "train.eval_every"]:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+    assert cfg.model.text.max_tokens == 20
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.max_step=1", "did you mean 'train.max_steps'"),
+    ("model.vision.pretrain=x", "did you mean 'model.vision.pretrained'"),
+    ("trian.lr=1", "did you mean 'train.lr'"),
+    ("train.lr=fast", "train.lr"),
+    ("train.batch_size=2.5", "train.batch_size"),
+    ("model.crossvit.enabled=maybe", "model.crossvit.enabled"),
+    ("model.vision.arch=resnet", "model.vision.arch"),
+    ("train.lr", "key=value"),
+])
+def test_bad_overrides_name_the_field(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert fragment in str(e.value)
+
+
+def test_yaml_file_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  image_sise: 100\n")
+    with pytest.raises(ConfigError, match="data.image_size"):
+        load_config(p)
+    p.write_text("train:\n  lr: [1, 2]\n")
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_default_yaml_is_the_embedded_default():
+    """configs/default.yaml documents the embedded default: they must not drift apart."""
+    assert load_config(REPO / "configs" / "default.yaml").to_dict() == Config().to_dict()
+
+
+def test_all_shipped_configs_load():
+    files = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        load_config(f)
+
+
+def test_save_roundtrip(tmp_path):
+    cfg = load_config(overrides=["train.seed=7", "model.text.trainable_layers=[0,1]"])
+    cfg.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").to_dict() == cfg.to_dict()

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Train a referring-segmentation model.
+
+    accelerate launch train.py                       # the embedded default (refshapes, CPU-sized)
+    accelerate launch train.py --config configs/refcoco.yaml --output-dir runs/refcoco
+    accelerate launch train.py --resume              # continue the newest run
+    python train.py train.max_steps=200 data.image_size=160
+
+Any config field can be overridden as key=value by its dotted name.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.split("\n\n")[0],
+        epilog="Example: accelerate launch train.py train.max_steps=500 model.crossvit.enabled=false",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="YAML config (default: the embedded defaults, same as configs/default.yaml)")
+    p.add_argument("--output-dir", default=None, help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir (or the newest run under runs/) from its last "
+                        "complete checkpoint; key=value overrides apply on top of its config")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from refseg.cli import quiet_libraries
+    quiet_libraries()
+    from refseg.config import load_config
+    from refseg.engine.trainer import resolve_run_dir, train
+
+    if args.resume:
+        out = resolve_run_dir(args.output_dir, resume=True)
+        cfg = load_config(out / "config.yaml", args.overrides)
+    else:
+        out = args.output_dir
+        cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, output_dir=out, resume=args.resume, progress=not args.no_progress, cpu=args.cpu)
+    from accelerate.state import PartialState
+    if PartialState().is_main_process:
+        val = summary["val"]
+        types = val.get("per_type") or {}
+        extra = ("  (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(types.items())) + ")") if types else ""
+        print(f"done: {summary['steps']} steps in {summary['time_total_s'] / 60:.1f} min; "
+              f"val mIoU {val['mIoU']:.2f}  oIoU {val['oIoU']:.2f}  P@0.5 {val['P@0.5']:.2f}{extra}; "
+              f"run: {summary['run']} (best checkpoint: {summary['run']}/best)")
+    return 0
+
+
+if __name__ == "__main__":
+    from refseg.cli import run
+    run(main, prog="train.py")
