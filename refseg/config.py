@@ -65,6 +65,9 @@ class VisionConfig:
     hierarchical_depths: list[int] = field(default_factory=lambda: [2, 2, 4, 2])
     hierarchical_heads: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     drop_path_rate: float = 0.0
+    # xca (default) | global: standard softmax self-attention over tokens in place of XCA (same widths;
+    # quadratic in pixels) - for the scaling comparison in benchmarks/scaling.py.
+    attention: str = "xca"
 
 
 @dataclass
@@ -74,6 +77,9 @@ class CrossViTConfig:
     embed_dim: int = 128
     depth: int = 1  # transformer blocks of the second stream per stage
     num_heads: int = 4
+    # vit: timm ViT blocks (softmax attention over the branch's own tokens, as CrossViT; quadratic in
+    # its tokens) | xca: XCiT blocks (linear). The CLS exchange with the XCiT stream is linear either way.
+    block: str = "xca"
 
 
 @dataclass

@@ -163,23 +163,25 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
 
     t_start = time.time()
     tc = cfg.train
+    # Every process must agree on the run directory (a timestamped name could differ by a second),
+    # and accelerate's TensorBoard tracker needs it before the Accelerator exists.
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    pstate = PartialState(cpu=bool(cpu))
+    holder = [str(resolve_run_dir(output_dir, resume)) if pstate.is_main_process else None]
+    if pstate.num_processes > 1:
+        broadcast_object_list(holder, from_process=0)
+    out = Path(holder[0])
+    state_dir = out / "state"
     use_cpu = bool(cpu) or not torch.cuda.is_available()
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(tc.mixed_precision, use_cpu),
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         cpu=bool(cpu),
         log_with="tensorboard",
-        project_config=ProjectConfiguration(),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-    # Every process must agree on the run directory (a timestamped name could differ by a second).
-    from accelerate.utils import broadcast_object_list
-    holder = [str(resolve_run_dir(output_dir, resume)) if accelerator.is_main_process else None]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(holder, from_process=0)
-    out = Path(holder[0])
-    state_dir = out / "state"
-    accelerator.project_configuration.set_directories(str(out))
-    accelerator.project_configuration.logging_dir = str(out / "logs")
     is_main = accelerator.is_main_process
     set_seed(tc.seed, device_specific=False)
 

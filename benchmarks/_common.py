@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: config loading, offline model building, fake text inputs."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from refseg.config import load_config  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+
+
+def load_cfg(path: str | None, overrides: list[str]):
+    """``path`` or configs/default.yaml (if present) or the embedded defaults, plus overrides."""
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = str(DEFAULT_CONFIG)
+    return load_config(path, overrides=overrides)
+
+
+def _text_source(name: str) -> tuple[str | None, str]:
+    """Where the text architecture comes from, offline. Returns (text_source or None, note)."""
+    from transformers import AutoConfig
+
+    from refseg.models.text import resolve_text_path
+
+    try:
+        AutoConfig.from_pretrained(resolve_text_path(name), trust_remote_code=False)
+        return None, ""
+    except Exception:
+        pass
+    if name in ("bert-base-uncased", "bert-base-cased"):
+        from transformers import BertConfig
+
+        d = tempfile.mkdtemp(prefix="refseg-bench-text-")
+        cfg = BertConfig()  # transformers' defaults are bert-base's shape
+        if name == "bert-base-cased":
+            cfg.vocab_size = 28996
+        cfg.save_pretrained(d)
+        return d, f"{name} not available offline: same architecture from BertConfig defaults (random weights)"
+    raise SystemExit(f"error: text model '{name}' is not available offline; add model.text.name=bundled-minilm")
+
+
+def build_random_model(cfg):
+    """The model of ``cfg`` with random weights (no downloads). Returns (model, note)."""
+    from refseg.models import RefSegModel
+
+    source, note = _text_source(cfg.model.text.name)
+    return RefSegModel(cfg, load_pretrained=False, text_source=source), note
+
+
+def fake_text(cfg, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and a mask with 8 real tokens (a typical RefCOCO expression length)."""
+    T = cfg.model.text.max_tokens
+    ids = torch.randint(1000, 2000, (batch, T), device=device)
+    mask = torch.zeros(batch, T, dtype=torch.long, device=device)
+    mask[:, : min(8, T)] = 1
+    return ids, mask

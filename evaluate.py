@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint on a referring-segmentation split with LAVT's protocol.
+
+    python evaluate.py --checkpoint runs/x/best --split val
+    python evaluate.py --checkpoint runs/x/best --data-root data --dataset refcoco --split-by unc --split all --out m.json
+    accelerate launch evaluate.py --checkpoint runs/x/best --split testA     # same numbers, P processes
+
+Prints P@0.5..P@0.9, oIoU and mIoU (percent, two decimals), one row per split. Scoring is at the
+original image size; ``--resized-gt`` scores at image_size x image_size like LAVT's test.py.
+``--shuffle-text`` pairs every image with another object's expression (the language ablation).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from refseg.cli import UserError, quiet_libraries, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.yaml, model.safetensors, tokenizer/)")
+    p.add_argument("--data-root", default=None, help="data folder (default: the checkpoint's data.root, or 'data' "
+                                                     "with --dataset)")
+    p.add_argument("--dataset", default=None, help="refcoco | refcoco+ | refcocog | refshapes | a refer-layout folder "
+                                                   "name | an HF export path (default: the checkpoint's dataset)")
+    p.add_argument("--split-by", default=None, help="unc | umd | google (default: umd for refcocog, else unc)")
+    p.add_argument("--split", required=True, help="val | testA | testB | test | ... | all (every split but train)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--shuffle-text", action="store_true", help="pair each image with another object's expression")
+    p.add_argument("--resized-gt", action="store_true", help="score at image_size x image_size (LAVT test.py)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval.batch_size")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
+    p.add_argument("--gallery", default=None, help="write the 16 lowest-IoU predictions as PNGs here")
+    p.add_argument("--max-samples", type=int, default=None, help="score only the first N (ref, sentence) pairs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def _load_model(path: Path):
+    """(model, tokenizer) from a checkpoint directory (a seam for tests)."""
+    from refseg.models import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _data_config(cfg, args):
+    from refseg.data.check import default_split_by
+
+    data = copy.deepcopy(cfg.data)
+    if args.dataset:
+        data.name = args.dataset
+        data.root = args.data_root or "data"
+        data.split_by = args.split_by or default_split_by(args.dataset)
+    else:
+        if args.data_root:
+            data.root = args.data_root
+        if args.split_by:
+            data.split_by = args.split_by
+    return data
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    for name in ("batch_size", "num_workers", "max_samples"):
+        v = getattr(args, name)
+        if v is not None and (v < 0 or (v == 0 and name != "num_workers")):
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+    ckpt = Path(args.checkpoint).expanduser()
+    if not ckpt.is_dir():
+        raise UserError(f"checkpoint not found: {ckpt} (expected a directory with config.yaml and model.safetensors)")
+    if not (ckpt / "config.yaml").is_file():
+        raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
+
+    from refseg.config import load_config
+    from refseg.data.hf import is_hf_export
+    from refseg.data.refer import open_source  # torch-free: bad input fails fast
+
+    cfg = load_config(ckpt / "config.yaml")
+    data = _data_config(cfg, args)
+    if not is_hf_export(data.name) and not Path(data.root).expanduser().is_dir():
+        raise UserError(f"data root not found: {data.root} (use --data-root; see docs/DATA.md)")
+    source = open_source(data)
+    splits = source.splits()
+    if args.split == "all":
+        eval_splits = [s for s in splits if s != "train"] or splits
+    elif args.split in splits:
+        eval_splits = [args.split]
+    else:
+        raise UserError(f"unknown split '{args.split}' for {data.name} ({data.split_by}): valid splits are "
+                        f"{', '.join(splits + ['all'])}")
+
+    from accelerate import Accelerator
+
+    from refseg.data.dataset import RefSegDataset
+    from refseg.engine.evaluate import evaluate
+    from refseg.metrics import format_per_type, format_table
+
+    accelerator = Accelerator()
+    model, tokenizer = _load_model(ckpt)
+    model.to(accelerator.device)
+    batch_size = args.batch_size or cfg.eval.batch_size
+    num_workers = cfg.data.num_workers if args.num_workers is None else args.num_workers
+    resized_gt = args.resized_gt or cfg.eval.resized_gt
+    is_main = accelerator.is_main_process
+
+    results = {}
+    for split in eval_splits:
+        ds = RefSegDataset(source, split, tokenizer, cfg.data.image_size, cfg.model.text.max_tokens,
+                           train=False, max_samples=args.max_samples)
+        gallery = None
+        if args.gallery:
+            gallery = Path(args.gallery) / split if len(eval_splits) > 1 else Path(args.gallery)
+        results[split] = evaluate(model, ds, accelerator=accelerator, batch_size=batch_size,
+                                  resized_gt=resized_gt, shuffle_text=args.shuffle_text, gallery_dir=gallery,
+                                  progress=is_main and not args.no_progress, num_workers=num_workers,
+                                  desc=split)
+
+    if is_main:
+        mode = f"resized gt {cfg.data.image_size}x{cfg.data.image_size}" if resized_gt else "original size"
+        extra = ", shuffled expressions" if args.shuffle_text else ""
+        print(f"{ckpt} on {data.name} ({data.split_by}), scored at {mode}{extra}")
+        print(format_table(results, title="split"))
+        for split, r in results.items():
+            per = format_per_type(r)
+            if per:
+                print(f"per-type mIoU ({split}):\n{per}")
+        if args.gallery:
+            print(f"gallery: {args.gallery}")
+        if args.out:
+            payload = results[eval_splits[0]] if args.split != "all" else results
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {out}")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, prog="evaluate.py")

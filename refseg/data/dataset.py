@@ -1,0 +1,160 @@
+"""Torch dataset over a data source (refer layout or Hugging Face export), plus ``collate``.
+
+Training (``train=True``): one item per ref; each access draws one of the ref's sentences (LAVT).
+The draw comes from the torch RNG, which DataLoader seeds per worker from the main process seed, so a
+seeded run repeats exactly; after ``set_epoch(e)`` it is instead a pure function of (seed, epoch,
+index), independent of workers and of resuming mid-epoch. Evaluation: one item per (ref, sentence).
+Images and masks are decoded per item with OpenCV / pycocotools; nothing is cached.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .refer import DataError, Sample, open_source
+from .transforms import encode_text, preprocess_image, resize_mask
+
+__all__ = ["RefSegDataset", "collate", "open_source", "photometric_jitter"]
+
+
+class RefSegDataset(Dataset):
+    """Items: ``pixel_values`` (3,S,S) float, ``input_ids`` (T,) long, ``attention_mask`` (T,) long,
+    ``labels`` (S,S) long (mask resized nearest), ``index`` int; eval items also ``target``
+    (H,W) bool at the original image size.
+
+    ``max_samples`` keeps the first N items (refs when training, (ref, sentence) pairs otherwise).
+    ``augment`` (training only) adds photometric jitter; no flips ("left"/"right" in expressions).
+    """
+
+    def __init__(self, source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
+                 train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
+                 seed: int = 0):
+        self.source = source
+        self.seed = int(seed)
+        self.epoch: Optional[int] = None
+        self.split = split
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.max_tokens = int(max_tokens)
+        self.train = bool(train)
+        self.augment = bool(augment) and self.train
+        self.samples: list[Sample] = list(source.samples(split))
+        if not self.samples:
+            raise DataError(f"{getattr(source, 'name', source)}: split '{split}' has no samples")
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            groups.setdefault(s.ref_id, []).append(i)
+        self.groups: list[list[int]] = list(groups.values())  # sample indices per ref, in file order
+        if max_samples is not None:
+            if self.train:
+                self.groups = self.groups[:max_samples]
+                keep = sorted(i for g in self.groups for i in g)
+                remap = {old: new for new, old in enumerate(keep)}
+                self.samples = [self.samples[i] for i in keep]
+                self.groups = [[remap[i] for i in g] for g in self.groups]
+            else:
+                self.samples = self.samples[:max_samples]
+                self.groups = [[i for i in g if i < len(self.samples)] for g in self.groups]
+                self.groups = [g for g in self.groups if g]
+        self._text_of: Optional[list[int]] = None  # item -> sample whose sentence is used (shuffle_text)
+
+    def __len__(self) -> int:
+        return len(self.groups) if self.train else len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make training draws (sentence, jitter) a function of (seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.epoch is not None:
+            return np.random.default_rng([self.seed, self.epoch, int(index)])
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+    # -- helpers used by evaluation -------------------------------------------------------------
+
+    def sample(self, index: int) -> Sample:
+        """The sample an eval item scores (training: the ref's first sentence)."""
+        return self.samples[self.groups[index][0]] if self.train else self.samples[index]
+
+    def text(self, index: int) -> str:
+        """The expression an eval item is paired with (differs from ``sample(index)`` after shuffling)."""
+        if self._text_of is not None:
+            return self.samples[self._text_of[index]].sentence
+        return self.sample(index).sentence
+
+    def with_texts(self, text_of: Sequence[int]) -> "RefSegDataset":
+        """A view of this (eval) dataset whose item i uses the sentence of sample ``text_of[i]``."""
+        if self.train:
+            raise ValueError("with_texts is for evaluation datasets (train=False)")
+        if len(text_of) != len(self.samples):
+            raise ValueError(f"text_of has {len(text_of)} entries for {len(self.samples)} samples")
+        view = copy.copy(self)
+        view._text_of = [int(i) for i in text_of]
+        return view
+
+    # -- items ----------------------------------------------------------------------------------
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = None
+        if self.train:
+            group = self.groups[index]
+            rng = self._rng(index)
+            sample = self.samples[group[int(rng.integers(len(group)))]]
+            text = sample.sentence
+        else:
+            sample = self.samples[index]
+            text = self.text(index)
+        try:
+            image = self.source.load_image(sample)
+            mask = self.source.load_mask(sample)
+            if mask.shape != image.shape[:2]:
+                raise DataError(f"{sample.image_path}: mask {mask.shape} and image {image.shape[:2]} differ "
+                                f"(ref_id {sample.ref_id})")
+            if self.augment:
+                image = photometric_jitter(image, rng)
+            pixel_values = preprocess_image(image, self.image_size)
+            labels = torch.from_numpy(resize_mask(mask, self.image_size).astype(np.int64))
+        except DataError:
+            raise
+        except (cv2.error, ValueError, OSError) as e:
+            raise DataError(f"{sample.image_path}: ref_id {sample.ref_id}, sent_id {sample.sent_id}: "
+                            f"{type(e).__name__}: {e}") from None
+        ids, attn = encode_text(self.tokenizer, text, self.max_tokens)
+        item = {"pixel_values": pixel_values, "input_ids": ids[0], "attention_mask": attn[0],
+                "labels": labels, "index": int(index)}
+        if not self.train:
+            item["target"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
+        return item
+
+
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.2,
+                       contrast: float = 0.2, saturation: float = 0.2) -> np.ndarray:
+    """Random brightness / contrast / saturation on RGB uint8 (H, W, 3)."""
+    f = rng.uniform(-1.0, 1.0, size=3)
+    x = image.astype(np.float32)
+    x *= 1.0 + brightness * f[0]
+    gray = cv2.cvtColor(np.clip(x, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    x = gray.mean() + (x - gray.mean()) * (1.0 + contrast * f[1])
+    x = gray[..., None] + (x - gray[..., None]) * (1.0 + saturation * f[2])
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def collate(batch: list[dict]) -> dict[str, Any]:
+    """Stack fixed-size tensors; ``index`` -> (B,) long; ``target`` stays a list of (H,W) bool tensors."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [b[key] for b in batch]
+        if key == "target":
+            out[key] = values
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], (int, np.integer)):
+            out[key] = torch.tensor([int(v) for v in values], dtype=torch.long)
+        else:
+            out[key] = values
+    return out

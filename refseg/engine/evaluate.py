@@ -1,0 +1,212 @@
+"""Evaluation: run a model over a RefSegDataset and score it with LAVT's protocol.
+
+Scoring is at the original image size by default: logits (B, 2, S, S) are upsampled bilinearly to
+each image's (H, W) and compared with the full-resolution ground truth. ``resized_gt`` instead scores
+at S x S against the nearest-resized ground truth, as LAVT's test.py does.
+
+With an accelerator, process r scores samples r, r + P, r + 2P, ... (no padding), and the per-sample
+(index, I, U) records are gathered and merged, so P processes give exactly one process's numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from ..data.dataset import collate
+from ..data.refer import DataError
+from ..metrics import SegMetrics
+
+
+def text_derangement(ref_ids: Sequence[int], seed: int = 0) -> list[int]:
+    """A fixed-seed permutation ``p`` with ``p[i] != i`` and, where possible, ``ref_ids[p[i]] != ref_ids[i]``.
+
+    Item i is then paired with the expression of sample ``p[i]``, which describes another object.
+    """
+    n = len(ref_ids)
+    perm = list(range(n))
+    if n < 2:
+        return perm
+    rng = np.random.default_rng(seed)
+    for i in range(n - 1, 0, -1):  # Sattolo's algorithm: one n-cycle, so no fixed point
+        j = int(rng.integers(0, i))
+        perm[i], perm[j] = perm[j], perm[i]
+    for _ in range(4):  # repair pairs that landed on another sentence of the same ref
+        bad = [i for i in range(n) if ref_ids[perm[i]] == ref_ids[i]]
+        if not bad:
+            break
+        for i in bad:
+            if ref_ids[perm[i]] != ref_ids[i]:
+                continue
+            for _try in range(32):
+                j = int(rng.integers(0, n))
+                if ref_ids[perm[j]] != ref_ids[i] and ref_ids[perm[i]] != ref_ids[j]:
+                    perm[i], perm[j] = perm[j], perm[i]
+                    break
+    return perm
+
+
+def _unwrap(dataset) -> tuple[Any, list[int]]:
+    """(base RefSegDataset, base indices evaluated) for a dataset or nested ``Subset``s of one."""
+    if isinstance(dataset, Subset):
+        base, idx = _unwrap(dataset.dataset)
+        return base, [idx[int(i)] for i in dataset.indices]
+    return dataset, list(range(len(dataset)))
+
+
+def _device(model, accelerator) -> torch.device:
+    if accelerator is not None:
+        return accelerator.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _predict(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(2, h, w) logits -> (H, W) bool prediction (argmax; ties go to background)."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    return logits[1] > logits[0]
+
+
+def score_positions(model, base, positions: Sequence[int], device: torch.device, batch_size: int = 16,
+                    resized_gt: bool = False, num_workers: int = 0, progress: bool = False,
+                    desc: str = "eval") -> SegMetrics:
+    """Score the base-dataset items ``positions`` on this process; returns the per-sample records."""
+    from tqdm.auto import tqdm
+
+    metrics = SegMetrics()
+    if not positions:
+        return metrics
+    loader = DataLoader(Subset(base, list(positions)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+            pv = batch["pixel_values"].to(device, non_blocking=True)
+            ids = batch["input_ids"].to(device)
+            am = batch["attention_mask"].to(device)
+            with _autocast(device):
+                logits = model(pv, ids, am)
+            logits = logits.float()
+            for b, idx in enumerate(batch["index"].tolist()):
+                sample = base.sample(idx)
+                target = batch["target"][b]
+                where = f"{sample.image_path} (ref_id {sample.ref_id}, sent_id {sample.sent_id})"
+                if not bool(target.any()):
+                    raise DataError(f"empty ground-truth mask for {where}")
+                if resized_gt:
+                    gt = batch["labels"][b].to(device).bool()
+                    pred = _predict(logits[b], tuple(gt.shape))
+                    metrics.add(*_iu(pred, gt), idx, sample.expr_type)
+                else:
+                    gt = target.to(device)
+                    pred = _predict(logits[b], tuple(gt.shape))
+                    metrics.add(*_iu(pred, gt), idx, sample.expr_type)
+    return metrics
+
+
+def _iu(pred: torch.Tensor, gt: torch.Tensor) -> tuple[int, int]:
+    return int((pred & gt).sum().item()), int((pred | gt).sum().item())
+
+
+def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt: bool = False,
+             shuffle_text: bool = False, gallery_dir: str | Path | None = None, progress: bool = True,
+             num_workers: int = 0, gallery_size: int = 16, seed: int = 0, desc: str = "eval") -> dict:
+    """Score ``model`` on ``dataset`` (a RefSegDataset with train=False, or a Subset of one).
+
+    Returns ``{P@0.5 .. P@0.9, oIoU, mIoU, num_samples}`` in percent (plus ``per_type`` {type: mIoU}
+    when samples carry an expression type). Every process returns the same merged numbers.
+    ``shuffle_text`` pairs each image with another object's expression (fixed-seed derangement).
+    ``gallery_dir``: the main process writes the ``gallery_size`` lowest-IoU predictions as PNGs
+    plus index.json / index.html.
+    """
+    base, positions = _unwrap(dataset)
+    if getattr(base, "train", False):
+        raise ValueError("evaluate() needs a dataset built with train=False (one item per sentence)")
+    if shuffle_text:
+        refs = [base.sample(p).ref_id for p in positions]
+        perm = text_derangement(refs, seed)
+        text_of = list(range(len(base.samples)))
+        for k, p in enumerate(positions):
+            text_of[p] = positions[perm[k]]
+        base = base.with_texts(text_of)
+
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)  # no DDP collectives: shards may differ by one batch
+        world, rank = accelerator.num_processes, accelerator.process_index
+        is_main = accelerator.is_main_process
+    else:
+        world, rank, is_main = 1, 0, True
+    device = _device(model, accelerator)
+    was_training = model.training
+    model.eval()
+    try:
+        local = score_positions(model, base, positions[rank::world], device, batch_size, resized_gt,
+                                num_workers, progress and is_main, desc)
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            merged = SegMetrics.merge(gather_object([local.state()]))
+        else:
+            merged = local
+        results = merged.compute()
+        if gallery_dir is not None and is_main:
+            write_gallery(model, base, merged, gallery_dir, device, k=gallery_size, resized_gt=resized_gt)
+        if world > 1:
+            accelerator.wait_for_everyone()
+    finally:
+        model.train(was_training)
+    return results
+
+
+def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device: torch.device, k: int = 16,
+                  resized_gt: bool = False) -> list[dict]:
+    """The ``k`` lowest-IoU samples as PNGs (image, green gt outline, tinted prediction, expression, IoU)."""
+    from ..visualize import overlay, write_image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ious = metrics.ious()
+    worst = sorted(ious, key=lambda i: (ious[i], i))[:k]
+    entries = []
+    with torch.inference_mode():
+        for rank, idx in enumerate(worst):
+            item = collate([base[idx]])
+            with _autocast(device):
+                logits = model(item["pixel_values"].to(device), item["input_ids"].to(device),
+                               item["attention_mask"].to(device))
+            sample = base.sample(idx)
+            image = base.source.load_image(sample)
+            gt = item["target"][0].numpy()
+            pred = _predict(logits[0].float(), gt.shape).cpu().numpy()
+            text = base.text(idx)
+            name = f"{rank:02d}_idx{idx}.png"
+            write_image(out / name, overlay(image, pred, text=f"IoU {100 * ious[idx]:.1f} | {text}", gt=gt))
+            entries.append({"rank": rank, "index": idx, "iou": 100.0 * ious[idx], "expression": text,
+                            "true_expression": sample.sentence, "ref_id": sample.ref_id,
+                            "sent_id": sample.sent_id, "image": sample.image_path, "file": name})
+    (out / "index.json").write_text(json.dumps(entries, indent=1))
+    rows = "\n".join(
+        f"<tr><td>{e['rank']}</td><td>{e['iou']:.1f}</td><td>{html.escape(e['expression'])}</td>"
+        f"<td><img src='{e['file']}' style='max-width:480px'></td></tr>" for e in entries)
+    (out / "index.html").write_text(
+        "<html><body><h3>Lowest-IoU predictions (green: ground truth, red: prediction)</h3>"
+        f"<table border=1><tr><th>#</th><th>IoU</th><th>expression</th><th>image</th></tr>\n{rows}\n"
+        "</table></body></html>\n")
+    return entries

@@ -1,0 +1,244 @@
+"""RefSegModel: LAVT-style referring segmentation with an XCiT encoder and a CrossViT branch.
+
+    image ─► XCiT stage i ─► [CrossViT CLS exchange] ─► PWAM_i(words) ─► F_i ─┬─► LayerNorm_i ─► resample ─► decoder
+                 ▲                                                               │
+                 └──────── V + gate_i(F_i) * F_i (stages 1-3) ◄──────────────────┘
+
+Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
+
+    config.yaml          full run Config
+    model.safetensors    every weight, text encoder included
+    text/config.json     the text model's Hugging Face config (architecture without the original path)
+    tokenizer/           tokenizer.save_pretrained
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config, ConfigError, load_config
+from .crossvit import CrossViTBranch
+from .decoder import SimpleDecoder
+from .pwam import PWAM, LanguageGate
+from .text import TextEncoder, load_tokenizer
+from .xcit import XCiTColumnar, XCiTHierarchical, load_xcit_pretrained
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_DIR = "text"
+TOKENIZER_DIR = "tokenizer"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete or corrupt (one-line message)."""
+
+
+def build_encoder(cfg: Config, load_pretrained: bool = True) -> nn.Module:
+    """The vision encoder named by ``cfg.model.vision``, with ``model.vision.pretrained`` loaded if set."""
+    v = cfg.model.vision
+    if v.arch == "xcit_columnar":
+        enc = XCiTColumnar(v.name, embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads,
+                           patch_size=v.patch_size, out_indices=v.out_indices,
+                           drop_path_rate=v.drop_path_rate, attention=v.attention)
+    elif v.arch == "xcit_hierarchical":
+        enc = XCiTHierarchical(v.hierarchical_dims, v.hierarchical_depths, v.hierarchical_heads,
+                               drop_path_rate=v.drop_path_rate, attention=v.attention)
+    else:
+        raise ValueError(f"model.vision.arch: expected xcit_columnar or xcit_hierarchical, got '{v.arch}'")
+    if load_pretrained and v.pretrained:
+        if not isinstance(enc, XCiTColumnar):
+            raise ValueError("model.vision.pretrained: pretrained weights exist only for the xcit_columnar encoder")
+        load_xcit_pretrained(enc, v.pretrained)
+    return enc
+
+
+class RefSegModel(nn.Module):
+    """Image + expression -> 2-class logits.
+
+    Args:
+        cfg: the full run ``Config`` (kept as ``model.config``).
+        load_pretrained: load the text encoder's weights and ``model.vision.pretrained``; False builds
+            the architecture only (weights come from a refseg checkpoint).
+        text_source: where the text model's config/weights live (default: ``cfg.model.text.name``).
+
+    forward(pixel_values (B,3,H,W) float, input_ids (B,T) long, attention_mask (B,T)) -> logits (B,2,H,W)
+    """
+
+    def __init__(self, cfg: Config, load_pretrained: bool = True, text_source: Optional[str] = None):
+        super().__init__()
+        self.config = cfg
+        m = cfg.model
+        self.encoder = build_encoder(cfg, load_pretrained=load_pretrained)
+        self._text_source = text_source or m.text.name
+        self.text_encoder = TextEncoder(self._text_source, trainable_layers=m.text.trainable_layers,
+                                        train_embeddings=m.text.train_embeddings, load_weights=load_pretrained)
+        dims = list(self.encoder.out_channels)
+        dt = self.text_encoder.hidden_size
+        f = m.fusion
+        self.pwams = nn.ModuleList([PWAM(d, dt, key_dim=f.hidden_dim, value_dim=f.hidden_dim, num_heads=f.num_heads,
+                                         dropout=f.dropout, spatial_cues=f.spatial_cues) for d in dims])
+        # No gate after the last stage: nothing consumes V + S*F there (LAVT computes it and drops it).
+        self.gates = nn.ModuleList([LanguageGate(d) for d in dims[:3]])
+        self.norms = nn.ModuleList([nn.LayerNorm(d) for d in dims])
+        c = m.crossvit
+        self.crossvit = CrossViTBranch(dims, self.encoder.stage_heads, patch_size=c.patch_size, embed_dim=c.embed_dim,
+                                       depth=c.depth, num_heads=c.num_heads, block=c.block) if c.enabled else None
+        self.decoder = SimpleDecoder(dims, hidden_dim=m.decoder.hidden_dim)
+        mult = self.encoder.pad_multiple
+        if self.crossvit is not None:
+            mult = mult * self.crossvit.patch_size // math.gcd(mult, self.crossvit.patch_size)
+        self.pad_multiple = mult
+        self._tokenizer = None
+        self._tokenizer_dir: Optional[str] = None  # set by from_pretrained: the checkpoint's tokenizer/
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """The 4 fused stage maps [F1..F4], F_i (B, C_i, H'/s_i, W'/s_i), s = 4/8/16/32.
+
+        H', W' are H, W padded (bottom/right, zeros) to multiples of ``pad_multiple``.
+        """
+        words = self.text_encoder(input_ids, attention_mask)  # (B, T, Dt)
+        mask = attention_mask
+        x = self._pad(pixel_values)
+        tokens, (H, W) = self.encoder.embed(x)
+        cls = tb = hwb = None
+        if self.crossvit is not None:
+            tb, hwb = self.crossvit.embed(x)
+            cls = self.crossvit.xcit_cls(x.shape[0])
+        feats = []
+        for i in range(4):
+            if cls is not None:
+                cls = self.crossvit.xcit_cls_to_stage(i, cls)
+            tokens, (H, W), cls = self.encoder.forward_stage(i, tokens, H, W, cls)
+            if self.crossvit is not None:
+                tb = self.crossvit.forward_stage(i, tb, hwb)
+                tokens, cls, tb = self.crossvit.exchange(i, tokens, cls, tb)
+            fused = self.pwams[i](tokens, (H, W), words, mask)  # (B, N, C_i)
+            if i < 3:
+                tokens = tokens + self.gates[i](fused) * fused
+            feats.append(self.encoder.stage_output(i, self.norms[i](fused), H, W))
+        return feats
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W), (B,T), (B,T) -> logits (B, 2, H, W) at the input size."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        H, W = pixel_values.shape[-2:]
+        feats = self.forward_features(pixel_values, input_ids, attention_mask)
+        logits = self.decoder(feats)  # (B, 2, H'/4, W'/4)
+        Hp, Wp = logits.shape[-2] * 4, logits.shape[-1] * 4
+        logits = F.interpolate(logits, size=(Hp, Wp), mode="bilinear", align_corners=True)
+        return logits[:, :, :H, :W]
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        ph, pw = (-H) % self.pad_multiple, (-W) % self.pad_multiple
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    # -- tokenizer ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The tokenizer that matches the text encoder (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self._text_source if self._tokenizer_dir is None else self._tokenizer_dir)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tok) -> None:
+        self._tokenizer = tok
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike, tokenizer=None) -> Path:
+        """Write a self-contained checkpoint directory (config.yaml, model.safetensors, text/, tokenizer/).
+
+        Everything is written to a temporary sibling directory first and renamed into place, so a
+        crash never leaves a half-written checkpoint at ``path``. Returns the path.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            self.config.save(tmp / CONFIG_FILE)
+            # clone: safetensors refuses tensors that share storage; contiguous CPU copies always save
+            state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": "refseg"})
+            self.text_encoder.model.config.save_pretrained(str(tmp / TEXT_DIR))
+            (tokenizer or self.tokenizer).save_pretrained(str(tmp / TOKENIZER_DIR))
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "RefSegModel":
+        """Load a checkpoint directory written by ``save_pretrained`` (offline, strict). Returns an eval() model."""
+        from safetensors.torch import load_file
+
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"checkpoint directory not found: {path}")
+        if not path.is_dir():
+            raise CheckpointError(f"not a checkpoint directory: {path}")
+        for name in (CONFIG_FILE, WEIGHTS_FILE, f"{TEXT_DIR}/config.json", TOKENIZER_DIR):
+            if not (path / name).exists():
+                raise CheckpointError(f"{path}: missing {name} (not a complete refseg checkpoint)")
+        try:
+            cfg = load_config(path / CONFIG_FILE)
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: bad {CONFIG_FILE}: {e}") from None
+        try:
+            state = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
+        except Exception as e:
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read weights ({_first_line(e)})") from None
+        try:
+            model = cls(cfg, load_pretrained=False, text_source=str(path / TEXT_DIR))
+        except (RuntimeError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot build the model ({_first_line(e)})") from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # size mismatch
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: does not match {CONFIG_FILE} ({_first_line(e)})") from None
+        if missing or unexpected:
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: does not match {CONFIG_FILE} "
+                                  f"({len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
+        model._tokenizer_dir = str(path / TOKENIZER_DIR)
+        return model.to(map_location).eval()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def build_model(cfg: Config, load_pretrained: bool = True) -> RefSegModel:
+    """The model described by ``cfg.model`` (see ``RefSegModel``)."""
+    return RefSegModel(cfg, load_pretrained=load_pretrained)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """A checkpoint directory -> (model in eval mode, tokenizer)."""
+    model = RefSegModel.from_pretrained(path, map_location=map_location)
+    try:
+        tok = model.tokenizer
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({_first_line(e)})") from None
+    return model, tok

@@ -1,0 +1,437 @@
+"""XCiT encoders built from timm's XCiT blocks, with a stage-wise API for language fusion.
+
+Two encoders share one interface so the LAVT-style model can fuse language *between* stages:
+
+- ``XCiTColumnar``: a timm XCiT trunk (``patch_embed``, ``pos_embed``, ``blocks.N`` named exactly as
+  in timm, so timm / official checkpoints load) cut into 4 stages at ``out_indices``; each stage's
+  output is resampled to strides 4/8/16/32 as in XCiT's dense-prediction backbones.
+- ``XCiTHierarchical``: a Swin-like pyramid (conv stem to stride 4, patch merging between stages)
+  with XCA blocks in every stage, trained from scratch.
+
+Stage-wise API (both encoders)::
+
+    tokens, (Hp, Wp) = enc.embed(x)                      # x (B,3,H,W), H and W multiples of enc.pad_multiple
+    for i in range(4):
+        tokens, (Hp, Wp), cls = enc.forward_stage(i, tokens, Hp, Wp, cls)   # (B,N_i,C_i); cls (B,1,C_i) or None
+        fmap = enc.stage_output(i, tokens, Hp, Wp)       # (B,C_i,H/s_i,W/s_i), s_i = enc.out_strides[i]
+
+Everything here is linear in the number of pixels: XCA attends over channels, LPI and the
+resampling are convolutions.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from functools import partial
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import Attention, trunc_normal_
+from timm.models.xcit import ConvPatchEmbed, PositionalEncodingFourier, XCABlock, conv3x3
+
+logger = logging.getLogger("refseg")
+
+# timm XCiT variants: size -> (embed_dim, num_heads); depth and patch size come from the name.
+_XCIT_SIZES = {"nano": (128, 4), "tiny": (192, 4), "small": (384, 8), "medium": (512, 8), "large": (768, 16)}
+_XCIT_NAME = re.compile(r"xcit_(nano|tiny|small|medium|large)_(12|24)_p(8|16)(?:_(?:224|384))?(?:\.[\w]+)?")
+ATTENTION_TYPES = ("xca", "global")
+
+
+def xcit_variant_args(name: str) -> dict:
+    """Shape of a timm XCiT variant from its name (``xcit_small_12_p16``, ``xcit_nano_12_p8_384.fb_dist_in1k``).
+
+    Returns dict(embed_dim, depth, num_heads, patch_size, eta) as in timm's model entrypoints.
+    """
+    m = _XCIT_NAME.fullmatch(name.strip())
+    if m is None:
+        raise ValueError(f"model.vision.name: unknown XCiT variant '{name}' "
+                         f"(expected xcit_<nano|tiny|small|medium|large>_<12|24>_p<8|16>, e.g. xcit_small_12_p16)")
+    size, depth, patch = m.group(1), int(m.group(2)), int(m.group(3))
+    dim, heads = _XCIT_SIZES[size]
+    # timm: layer-scale init 1.0 for 12-layer models, 1e-5 for 24-layer ones
+    return dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, eta=1.0 if depth == 12 else 1e-5)
+
+
+def default_out_indices(depth: int) -> list[int]:
+    """Blocks that close the 4 stages: XCiT's dense-prediction cuts for 12/24 layers, else evenly spaced."""
+    if depth == 12:
+        return [3, 5, 7, 11]
+    if depth == 24:
+        return [7, 11, 15, 23]
+    if depth < 4:
+        raise ValueError(f"model.vision.depth: the columnar encoder needs at least 4 blocks, got {depth}")
+    return [round((k + 1) * depth / 4) - 1 for k in range(4)]
+
+
+class XCABlockWithPrefix(XCABlock):
+    """timm ``XCABlock`` (XCA + LPI + MLP, same parameter names) that can also carry prefix tokens.
+
+    ``x`` is (B, P+N, C) with P = ``num_prefix`` leading (CLS) tokens and N = H*W spatial tokens.
+    XCA (a channel x channel attention, any token count) and the MLP see all tokens; LPI (depth-wise
+    3x3 convs) sees only the spatial ones. With P = 0 it is exactly timm's block.
+    """
+
+    def forward(self, x: torch.Tensor, H: int, W: int, num_prefix: int = 0) -> torch.Tensor:
+        if num_prefix == 0:
+            return super().forward(x, H, W)
+        x = x + self.drop_path1(self.gamma1 * self.attn(self.norm1(x)))
+        prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
+        tokens = tokens + self.drop_path3(self.gamma3 * self.local_mp(self.norm3(tokens), H, W))
+        x = torch.cat([prefix, tokens], dim=1)
+        x = x + self.drop_path2(self.gamma2 * self.mlp(self.norm2(x)))
+        return x
+
+
+def make_xca_block(dim: int, num_heads: int, eta: float = 1.0, drop_path: float = 0.0,
+                   attention: str = "xca", mlp_ratio: float = 4.0) -> XCABlockWithPrefix:
+    """An XCiT block as timm builds it (qkv bias, LayerNorm eps 1e-6, GELU).
+
+    ``attention="global"`` swaps XCA for standard multi-head softmax attention over tokens (timm
+    ``Attention``, same width and heads; quadratic in tokens) - only for the scaling comparison.
+    """
+    if attention not in ATTENTION_TYPES:
+        raise ValueError(f"model.vision.attention: expected one of {ATTENTION_TYPES}, got '{attention}'")
+    blk = XCABlockWithPrefix(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=drop_path,
+                             norm_layer=partial(nn.LayerNorm, eps=1e-6), eta=eta)
+    if attention == "global":
+        blk.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+    return blk
+
+
+def _init_linear(module: nn.Module) -> None:
+    """timm XCiT init: truncated-normal Linear weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad (B,C,H,W) at the bottom/right to multiples of ``multiple``."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def _tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)
+
+
+class XCiTColumnar(nn.Module):
+    """A timm XCiT trunk cut into 4 stages; stage outputs resampled to strides 4/8/16/32.
+
+    Args:
+        name: timm XCiT variant (``xcit_nano_12_p8``, ``xcit_small_12_p16``, ``xcit_medium_24_p8``, ...).
+        embed_dim, depth, num_heads, patch_size: optional overrides of the variant's shape.
+        out_indices: blocks that close each stage (default: [3,5,7,11] for 12 blocks,
+            [7,11,15,23] for 24, else evenly spaced ending at depth-1).
+        drop_path_rate: stochastic depth, constant over blocks (as timm's XCiT).
+        attention: "xca" (default) or "global" (softmax attention over tokens; benchmarks only).
+
+    Attributes: ``out_channels`` (4 x embed_dim), ``out_strides`` (4, 8, 16, 32), ``stage_heads``,
+    ``patch_size``, ``pad_multiple`` (32: input sides must be multiples of it for ``embed``).
+    """
+
+    def __init__(self, name: str = "xcit_nano_12_p8", embed_dim: Optional[int] = None, depth: Optional[int] = None,
+                 num_heads: Optional[int] = None, patch_size: Optional[int] = None,
+                 out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0, attention: str = "xca"):
+        super().__init__()
+        args = xcit_variant_args(name)
+        for key, value in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size).items():
+            if value is not None:
+                args[key] = value
+        dim, depth, heads, patch = args["embed_dim"], args["depth"], args["num_heads"], args["patch_size"]
+        if patch not in (8, 16):
+            raise ValueError(f"model.vision.patch_size: XCiT's convolutional patch embedding supports 8 or 16, got {patch}")
+        if dim % heads or dim % 8:
+            raise ValueError(f"model.vision.embed_dim: {dim} must be a multiple of 8 and of num_heads={heads}")
+        out_indices = list(out_indices) if out_indices is not None else default_out_indices(depth)
+        if len(out_indices) != 4 or sorted(set(out_indices)) != out_indices or out_indices[0] < 0 \
+                or out_indices[-1] != depth - 1:
+            raise ValueError(f"model.vision.out_indices: expected 4 increasing block indices ending at depth-1={depth - 1}, "
+                             f"got {out_indices}")
+        self.name, self.embed_dim, self.depth, self.num_heads, self.patch_size = name, dim, depth, heads, patch
+        self.out_indices = out_indices
+        starts = [0] + [i + 1 for i in out_indices[:-1]]
+        self.stage_ranges = [(s, e + 1) for s, e in zip(starts, out_indices)]
+
+        # Trunk: names match timm's Xcit so its state dict loads.
+        self.patch_embed = ConvPatchEmbed(img_size=224, patch_size=patch, embed_dim=dim, act_layer=nn.GELU)
+        self.pos_embed = PositionalEncodingFourier(dim=dim)
+        self.blocks = nn.ModuleList([make_xca_block(dim, heads, eta=args["eta"], drop_path=drop_path_rate,
+                                                    attention=attention) for _ in range(depth)])
+        _init_linear(self.blocks)
+
+        # Resampling to strides 4/8/16/32 (XCiT semantic-segmentation backbone's fpn1..4).
+        def up2():
+            return nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+
+        if patch == 16:
+            self.resample = nn.ModuleList([
+                nn.Sequential(up2(), nn.BatchNorm2d(dim), nn.GELU(), up2()),
+                up2(), nn.Identity(), nn.MaxPool2d(2, 2)])
+        else:
+            self.resample = nn.ModuleList([up2(), nn.Identity(), nn.MaxPool2d(2, 2), nn.MaxPool2d(4, 4)])
+
+        self.out_channels = [dim] * 4
+        self.out_strides = [4, 8, 16, 32]
+        self.stage_heads = [heads] * 4
+        self.pad_multiple = 32
+
+    # -- stage-wise API -----------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B,3,H,W) image -> patch tokens (B, Hp*Wp, C) with Fourier positions added, and (Hp, Wp)."""
+        x, (Hp, Wp) = self.patch_embed(x)
+        pos = self.pos_embed(1, Hp, Wp).flatten(2).transpose(1, 2)  # (1, N, C)
+        return x + pos.to(x.dtype), (Hp, Wp)
+
+    def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
+        """Run the blocks of stage ``i`` on tokens (B, Hp*Wp, C); an optional CLS (B,1,C) goes along.
+
+        Returns (tokens (B, Hp*Wp, C), (Hp, Wp), cls or None). The columnar trunk keeps its grid.
+        """
+        start, end = self.stage_ranges[i]
+        npf = 0
+        if cls is not None:
+            x, npf = torch.cat([cls.to(x.dtype), x], dim=1), 1
+        for blk in self.blocks[start:end]:
+            x = blk(x, Hp, Wp, npf)
+        if cls is not None:
+            cls, x = x[:, :1], x[:, 1:]
+        return x, (Hp, Wp), cls
+
+    def stage_output(self, i: int, x: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
+        """Tokens (B, Hp*Wp, C) of stage ``i`` -> map (B, C, H/s_i, W/s_i) at stride ``out_strides[i]``."""
+        return self.resample[i](_tokens_to_map(x, Hp, Wp))
+
+    # -- plain (language-free) use ---------------------------------------------------------------
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The 4 raw stage outputs (B, C, Hp, Wp) at blocks ``out_indices``, before resampling.
+
+        Same values as timm's ``Xcit.forward_intermediates(x, indices=out_indices)`` with the same weights.
+        """
+        x = _pad_to(x, self.patch_size)
+        t, (Hp, Wp) = self.embed(x)
+        outs = []
+        for i in range(4):
+            t, _, _ = self.forward_stage(i, t, Hp, Wp)
+            outs.append(_tokens_to_map(t, Hp, Wp).contiguous())
+        return outs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B,3,H,W) -> 4 maps (B, C, H'/s, W'/s), s = 4, 8, 16, 32, H' = H padded to a multiple of 32."""
+        x = _pad_to(x, self.pad_multiple)
+        t, (Hp, Wp) = self.embed(x)
+        outs = []
+        for i in range(4):
+            t, _, _ = self.forward_stage(i, t, Hp, Wp)
+            outs.append(self.stage_output(i, t, Hp, Wp))
+        return outs
+
+    def trunk_state_dict_keys(self) -> list[str]:
+        return [k for k in self.state_dict() if k.startswith(("patch_embed.", "pos_embed.", "blocks."))]
+
+
+class PatchMerging(nn.Module):
+    """Swin patch merging: concatenate each 2x2 neighbourhood, LayerNorm, linear to ``out_dim``.
+
+    (B, H*W, C) tokens -> (B, H/2*W/2, out_dim); H and W must be even.
+    """
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        B, _, C = x.shape
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, (H // 2) * (W // 2), 4 * C)
+        return self.reduction(self.norm(x)), (H // 2, W // 2)
+
+
+class XCiTHierarchical(nn.Module):
+    """Swin-like XCiT pyramid: conv stem to stride 4, XCA blocks per stage, patch merging between stages.
+
+    Args:
+        dims, depths, heads: 4 values each (stage widths, block counts, XCA heads).
+        drop_path_rate: stochastic depth, constant over blocks.
+        attention: "xca" or "global" (benchmarks only).
+
+    Stage i works at stride 4 * 2**i with ``dims[i]`` channels; ``stage_output`` is a plain reshape.
+    """
+
+    def __init__(self, dims: Sequence[int] = (64, 128, 256, 512), depths: Sequence[int] = (2, 2, 4, 2),
+                 heads: Sequence[int] = (2, 4, 8, 16), drop_path_rate: float = 0.0, attention: str = "xca"):
+        super().__init__()
+        dims, depths, heads = list(dims), list(depths), list(heads)
+        for d, h in zip(dims, heads):
+            if d % h or d % 2:
+                raise ValueError(f"model.vision.hierarchical_dims: width {d} must be even and a multiple of its heads ({h})")
+        if any(d < 1 for d in depths):
+            raise ValueError(f"model.vision.hierarchical_depths: every stage needs at least one block, got {depths}")
+        # Conv stem to stride 4 (as XCiT's ConvPatchEmbed, two stride-2 conv3x3+BN).
+        self.patch_embed = nn.Sequential(conv3x3(3, dims[0] // 2, 2), nn.GELU(), conv3x3(dims[0] // 2, dims[0], 2))
+        self.pos_embed = PositionalEncodingFourier(dim=dims[0])
+        self.downsamples = nn.ModuleList([nn.Identity()] + [PatchMerging(dims[i - 1], dims[i]) for i in range(1, 4)])
+        self.stages = nn.ModuleList([
+            nn.ModuleList([make_xca_block(dims[i], heads[i], drop_path=drop_path_rate, attention=attention)
+                           for _ in range(depths[i])]) for i in range(4)])
+        _init_linear(self)
+        self.out_channels = dims
+        self.out_strides = [4, 8, 16, 32]
+        self.stage_heads = heads
+        self.pad_multiple = 32
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B,3,H,W) -> stride-4 tokens (B, H/4*W/4, dims[0]) with Fourier positions, and (H/4, W/4)."""
+        x = self.patch_embed(x)
+        Hp, Wp = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        pos = self.pos_embed(1, Hp, Wp).flatten(2).transpose(1, 2)
+        return x + pos.to(x.dtype), (Hp, Wp)
+
+    def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
+        """Stage ``i``: patch merging (i > 0) then its XCA blocks.
+
+        x: (B, Hp*Wp, dims[i-1]) (dims[0] for i = 0); cls: optional (B, 1, dims[i]) - already at the
+        stage's width. Returns (tokens (B, N_i, dims[i]), (H_i, W_i), cls or None).
+        """
+        if i > 0:
+            x, (Hp, Wp) = self.downsamples[i](x, Hp, Wp)
+        npf = 0
+        if cls is not None:
+            x, npf = torch.cat([cls.to(x.dtype), x], dim=1), 1
+        for blk in self.stages[i]:
+            x = blk(x, Hp, Wp, npf)
+        if cls is not None:
+            cls, x = x[:, :1], x[:, 1:]
+        return x, (Hp, Wp), cls
+
+    def stage_output(self, i: int, x: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
+        """Tokens (B, H_i*W_i, C_i) -> (B, C_i, H_i, W_i) (already at stride 4 * 2**i)."""
+        return _tokens_to_map(x, Hp, Wp)
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The 4 stage outputs (B, C_i, H/s_i, W/s_i) with no fusion."""
+        x = _pad_to(x, self.pad_multiple)
+        t, (Hp, Wp) = self.embed(x)
+        outs = []
+        for i in range(4):
+            t, (Hp, Wp), _ = self.forward_stage(i, t, Hp, Wp)
+            outs.append(_tokens_to_map(t, Hp, Wp).contiguous())
+        return outs
+
+    forward = forward_intermediates
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained weights for the columnar trunk
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
+    """A local .safetensors/.pth file, or a timm tag downloaded through timm."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                sd = load_file(str(path))
+            else:
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt / foreign file
+            raise ValueError(f"model.vision.pretrained: cannot read '{spec}': {_first_line(e)}") from None
+        for key in ("model", "state_dict", "model_state"):
+            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+                break
+        if not isinstance(sd, dict):
+            raise ValueError(f"model.vision.pretrained: '{spec}' holds no state dict")
+        return sd
+    looks_like_path = any(s in spec for s in ("/", "\\")) or path.suffix in (".pth", ".pt", ".bin", ".safetensors")
+    if looks_like_path or not spec.startswith("xcit_"):
+        raise ValueError(f"model.vision.pretrained: file not found: '{spec}'")
+    import timm
+    arch, dot, tag = spec.partition(".")
+    if not timm.is_model(arch) and timm.is_model(arch + "_224"):  # xcit_small_12_p16 -> xcit_small_12_p16_224
+        arch += "_224"
+    if not timm.is_model(arch):
+        raise ValueError(f"model.vision.pretrained: '{spec}' is neither a file nor a timm XCiT model "
+                         f"(e.g. xcit_small_12_p16_384.fb_dist_in1k)")
+    try:
+        model = timm.create_model(arch + dot + tag, pretrained=True)
+    except Exception as e:
+        raise ValueError(f"model.vision.pretrained: cannot get timm weights '{spec}' ({_first_line(e)}); "
+                         f"offline? pass a local .safetensors/.pth file instead") from None
+    return model.state_dict()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def clean_xcit_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm or official (facebookresearch) XCiT state dict -> trunk keys only.
+
+    Strips ``module.``, renames the official ``pos_embeder.`` to ``pos_embed.``, and drops the
+    classification parts (cls_attn_blocks, head, cls_token, final norm).
+    """
+    out = {}
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            continue
+        k = k[len("module."):] if k.startswith("module.") else k
+        k = k.replace("pos_embeder.", "pos_embed.")
+        if k.startswith(("cls_attn_blocks.", "head.", "head_dist.", "norm.")) or k == "cls_token":
+            continue
+        out[k] = v
+    return out
+
+
+def load_xcit_pretrained(encoder: XCiTColumnar, spec: str) -> dict[str, list[str]]:
+    """Load trunk weights (timm tag or local file) into ``encoder``.
+
+    Returns {"missing": [...], "unexpected": [...]} (also logged as a warning when non-empty).
+    A shape mismatch raises ValueError naming the key; a file with no matching key raises too.
+    """
+    sd = clean_xcit_state_dict(_read_state_dict(spec))
+    own = encoder.state_dict()
+    trunk = set(encoder.trunk_state_dict_keys())
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            raise ValueError(f"model.vision.pretrained: shape mismatch for '{k}': checkpoint {tuple(v.shape)} vs "
+                             f"model {tuple(own[k].shape)} (check model.vision.name / embed_dim / depth / patch_size)")
+    matched = [k for k in sd if k in trunk]
+    if not matched:
+        raise ValueError(f"model.vision.pretrained: '{spec}' has no XCiT trunk weights (no key matches patch_embed./blocks.)")
+    missing = sorted(trunk - set(sd))
+    unexpected = sorted(k for k in sd if k not in trunk)
+    encoder.load_state_dict({k: sd[k] for k in matched}, strict=False)
+    if missing or unexpected:
+        logger.warning("XCiT weights '%s': %d trunk keys missing %s; %d unexpected keys ignored %s", spec,
+                       len(missing), _short(missing), len(unexpected), _short(unexpected))
+    else:
+        logger.info("XCiT weights '%s': all %d trunk tensors loaded", spec, len(matched))
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def _short(keys: list[str], n: int = 5) -> str:
+    """Readable summary of state-dict keys: block indices as ranges, the rest listed (up to n)."""
+    blocks = sorted({int(k.split(".")[1]) for k in keys if re.match(r"blocks\.\d+\.", k)})
+    parts = []
+    if blocks:
+        ranges, start = [], blocks[0]
+        for a, b in zip(blocks, blocks[1:] + [None]):
+            if b != a + 1:
+                ranges.append(f"blocks.{start}" if a == start else f"blocks.{start}-{a}")
+                start = b
+        parts.append(", ".join(ranges))
+    rest = [k for k in keys if not re.match(r"blocks\.\d+\.", k)]
+    parts += rest[:n] + (["..."] if len(rest) > n else [])
+    return "[" + ", ".join(parts) + "]"

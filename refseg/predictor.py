@@ -1,0 +1,92 @@
+"""Predictor: one RGB image + an expression -> a boolean mask at the image's own size.
+
+    pred = Predictor.from_pretrained("runs/x/best")
+    mask = pred.predict(image_rgb_uint8, "the man on the left")     # (H, W) bool
+    prob = pred.predict_proba(image_rgb_uint8, "the man on the left")  # (H, W) float32 in [0, 1]
+
+Preprocessing is the training one (``preprocess_image`` square resize to ``cfg.data.image_size``,
+``encode_text`` to ``cfg.model.text.max_tokens``); logits are upsampled bilinearly to (H, W).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.transforms import encode_text, preprocess_image
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Wraps a RefSegModel and its tokenizer for single-image inference.
+
+    Args:
+        model: a ``RefSegModel`` (put in eval mode and moved to ``device``).
+        tokenizer: the matching tokenizer.
+        device: "cpu", "cuda", a torch.device or None (CUDA when available).
+    """
+
+    def __init__(self, model, tokenizer, device: Optional[Union[str, torch.device]] = None):
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.image_size = self.config.data.image_size
+        self.max_tokens = self.config.model.text.max_tokens
+
+    @classmethod
+    def from_pretrained(cls, path, device: Optional[Union[str, torch.device]] = None) -> "Predictor":
+        """A checkpoint directory (``save_pretrained``) -> Predictor."""
+        from .models import load_checkpoint
+
+        model, tokenizer = load_checkpoint(path)
+        return cls(model, tokenizer, device=device)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _check_image(image) -> np.ndarray:
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"image: expected a numpy array (H, W, 3) uint8, got {type(image).__name__}")
+        if image.ndim == 2:  # grayscale
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        elif image.ndim == 3 and image.shape[2] == 4:  # RGBA: drop alpha
+            image = image[:, :, :3]
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f"image: expected shape (H, W, 3), got {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image: expected dtype uint8, got {image.dtype}")
+        return image
+
+    def predict_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
+        """Logits at the image size: (2, H, W) for one expression, (K, 2, H, W) for K expressions. float32, CPU."""
+        image = self._check_image(image)
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError("text: expected a non-empty expression")
+        H, W = image.shape[:2]
+        pixels = preprocess_image(image, self.image_size).unsqueeze(0).to(self.device)
+        ids, mask = encode_text(self.tokenizer, texts, self.max_tokens)
+        with torch.inference_mode(), self._autocast():
+            logits = self.model(pixels.expand(len(texts), -1, -1, -1), ids.to(self.device), mask.to(self.device))
+            logits = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=False)
+        logits = logits.cpu()
+        return logits[0] if isinstance(text, str) else logits
+
+    def predict_proba(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> np.ndarray:
+        """Object probability (softmax over the 2 classes), float32 (H, W) or (K, H, W)."""
+        return self.predict_logits(image, text).softmax(dim=-3)[..., 1, :, :].numpy()
+
+    def predict(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> np.ndarray:
+        """Boolean mask (H, W) (argmax of the upsampled logits), or (K, H, W) for a list of expressions."""
+        logits = self.predict_logits(image, text)
+        return (logits[..., 1, :, :] > logits[..., 0, :, :]).numpy()

@@ -1,0 +1,161 @@
+"""The full RefSegModel: shapes at any size, language sensitivity, padding invariance, checkpoints,
+gradient flow, the CrossViT switch, the hierarchical encoder and the Predictor."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_OVERRIDES
+from refseg.config import load_config
+from refseg.data.transforms import encode_text
+from refseg.models import CheckpointError, RefSegModel, build_model, load_checkpoint
+from refseg.predictor import Predictor
+
+
+def _cfg(*extra):
+    return load_config(overrides=list(TINY_OVERRIDES) + list(extra))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(_cfg()).eval()
+
+
+@pytest.fixture(scope="module")
+def tok(model):
+    return model.tokenizer
+
+
+def _text(tok, texts, max_tokens=20):
+    return encode_text(tok, texts, max_tokens)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (200, 300), (61, 97)])
+def test_logits_at_input_size(model, tok, hw):
+    ids, mask = _text(tok, ["the red circle on the left", "a square"])
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *hw), ids, mask)
+    assert out.shape == (2, 2, *hw)
+    assert torch.isfinite(out).all()
+
+
+def test_forward_features_strides(model, tok):
+    ids, mask = _text(tok, ["x"])
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 64, 96), ids, mask)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    assert [f.shape[1] for f in feats] == list(model.encoder.out_channels)
+
+
+def test_expression_changes_logits_and_padding_does_not(model, tok):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a20 = model(x, *_text(tok, ["the big red circle on the left"], 20))
+        a32 = model(x, *_text(tok, ["the big red circle on the left"], 32))
+        b20 = model(x, *_text(tok, ["a small blue square at the bottom"], 20))
+    torch.testing.assert_close(a32, a20, atol=1e-4, rtol=1e-4)
+    assert (a20 - b20).abs().max() > 1e-3
+
+
+def test_save_load_round_trip_is_bit_exact(model, tok, tmp_path):
+    ck = tmp_path / "ck"
+    model.save_pretrained(ck)
+    model.save_pretrained(ck)  # overwriting an existing checkpoint works too
+    assert {p.name for p in ck.iterdir()} == {"config.yaml", "model.safetensors", "text", "tokenizer"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp dirs left behind
+    loaded, tok2 = load_checkpoint(ck)
+    assert not loaded.training
+    assert loaded.config.to_dict() == model.config.to_dict()
+    ids, mask = _text(tok2, ["the circle on the right"])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, ids, mask), model(x, ids, mask))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_from_pretrained_errors_are_one_line(model, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        RefSegModel.from_pretrained(tmp_path / "nope")
+    ck = tmp_path / "ck"
+    model.save_pretrained(ck)
+    (ck / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="cannot read weights") as e:
+        RefSegModel.from_pretrained(ck)
+    assert "\n" not in str(e.value)
+    model.save_pretrained(ck)
+    data = yaml.safe_load((ck / "config.yaml").read_text())
+    data["model"]["decoder"]["hidden_dim"] = 16
+    (ck / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(CheckpointError, match="does not match"):
+        RefSegModel.from_pretrained(ck)
+    (ck / "config.yaml").unlink()
+    with pytest.raises(CheckpointError, match="missing config.yaml"):
+        RefSegModel.from_pretrained(ck)
+
+
+def test_gradients_reach_every_part():
+    torch.manual_seed(0)
+    m = build_model(_cfg()).train()
+    ids, mask = _text(m.tokenizer, ["the circle on the left", "the square"])
+    logits = m(torch.randn(2, 3, 64, 64), ids, mask)
+    labels = torch.randint(0, 2, (2, 64, 64))
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+
+    def grad(prefix):
+        gs = [p.grad.abs().sum().item() for n, p in m.named_parameters() if n.startswith(prefix) and p.grad is not None]
+        return sum(gs) if gs else 0.0
+
+    for part in ("encoder.patch_embed.", "encoder.blocks.0.", "encoder.blocks.3.", "encoder.resample.",
+                 "pwams.0.", "pwams.3.", "gates.0.", "gates.2.", "norms.", "decoder.",
+                 "crossvit.inject.", "crossvit.patch_embed.", "crossvit.stages.0.", "crossvit.exchanges.0."):
+        assert grad(part) > 0, f"no gradient reaches {part}"
+    # parameters that train must all take part (DDP without find_unused_parameters)
+    unused = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
+
+
+def test_crossvit_switch():
+    off = build_model(_cfg("model.crossvit.enabled=false")).eval()
+    assert off.crossvit is None
+    assert not [n for n, _ in off.named_parameters() if "crossvit" in n]
+    ids, mask = _text(off.tokenizer, ["left"])
+    with torch.no_grad():
+        assert off(torch.randn(1, 3, 61, 97), ids, mask).shape == (1, 2, 61, 97)
+    on = build_model(_cfg("model.crossvit.block=xca", "model.crossvit.patch_size=32")).eval()
+    assert on.pad_multiple == 32 and any("crossvit" in n for n, _ in on.named_parameters())
+    with torch.no_grad():
+        assert on(torch.randn(1, 3, 61, 97), ids, mask).shape == (1, 2, 61, 97)
+
+
+def test_hierarchical_encoder_trains():
+    m = build_model(_cfg("model.vision.arch=xcit_hierarchical", "model.vision.hierarchical_dims=[16,32,32,64]",
+                         "model.vision.hierarchical_depths=[1,1,1,1]", "model.vision.hierarchical_heads=[1,2,2,4]"))
+    ids, mask = _text(m.tokenizer, ["the circle", "the square"])
+    out = m(torch.randn(2, 3, 61, 97), ids, mask)
+    assert out.shape == (2, 2, 61, 97)
+    out.mean().backward()
+    assert m.encoder.stages[3][0].attn.qkv.weight.grad.abs().sum() > 0
+    assert m.crossvit.xcit_cls_proj[3].weight.grad is not None  # CLS carried to the wider stage
+    with pytest.raises(ValueError, match="only for the xcit_columnar"):
+        build_model(_cfg("model.vision.arch=xcit_hierarchical", "model.vision.pretrained=xcit_nano_12_p8"))
+
+
+def test_predictor_returns_mask_at_image_size(model, tmp_path):
+    ck = tmp_path / "ck"
+    model.save_pretrained(ck)
+    pred = Predictor.from_pretrained(ck, device="cpu")
+    img = np.random.default_rng(0).integers(0, 256, (50, 90, 3), dtype=np.uint8)
+    mask = pred.predict(img, "the circle on the left")
+    assert mask.shape == (50, 90) and mask.dtype == bool
+    prob = pred.predict_proba(img, "the circle on the left")
+    assert prob.shape == (50, 90) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
+    assert np.array_equal(mask, prob > 0.5) or np.mean(mask != (prob > 0.5)) < 1e-3
+    assert pred.predict(img, ["left", "right"]).shape == (2, 50, 90)
+    with pytest.raises(ValueError, match="image"):
+        pred.predict(img.astype(np.float32), "x")
+    with pytest.raises(ValueError, match="text"):
+        pred.predict(img, "  ")
