@@ -86,6 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cfg = load_config(ckpt / "config.yaml")
     data = _data_config(cfg, args)
+    if data.name == "refshapes":  # deterministic: regenerate the exact data the model trained on
+        from refseg.data.refshapes import ensure_refshapes
+        ensure_refshapes(data, progress=not args.no_progress)
     if not is_hf_export(data.name) and not Path(data.root).expanduser().is_dir():
         raise UserError(f"data root not found: {data.root} (use --data-root; see docs/DATA.md)")
     source = open_source(data)

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
     summary = train(cfg, output_dir=out, resume=args.resume, progress=not args.no_progress, cpu=args.cpu)
     from accelerate.state import PartialState
-    if PartialState().is_main_process:
+    if PartialState().is_main_process and summary.get("val"):
         val = summary["val"]
         types = val.get("per_type") or {}
         extra = ("  (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(types.items())) + ")") if types else ""

@@ -40,11 +40,11 @@ class DataConfig:
     name: str = "refshapes"  # refshapes | refcoco | refcoco+ | refcocog | any refer-layout folder | HF export path
     root: str = "data"
     split_by: str = "refshapes"  # unc | umd | google | refshapes | ...
-    image_size: int = 192  # square working resolution (LAVT: 480)
+    image_size: int = 128  # square working resolution (LAVT: 480); refshapes images are 192 px
     train_split: str = "train"
     val_split: str = "val"
-    num_workers: int = 2
-    max_val_samples: Optional[int] = None  # cap on (ref, sentence) pairs evaluated during training
+    num_workers: int = 1
+    max_val_samples: Optional[int] = 300  # cap on (ref, sentence) pairs scored by periodic evaluations
     augment: bool = False  # horizontal flip is unsafe with "left"/"right"; only photometric jitter
     refshapes: RefShapesConfig = field(default_factory=RefShapesConfig)
 
@@ -54,9 +54,11 @@ class VisionConfig:
     arch: str = "xcit_columnar"  # xcit_columnar | xcit_hierarchical
     name: str = "xcit_nano_12_p8"  # timm XCiT variant for the columnar encoder
     pretrained: Optional[str] = None  # null | timm tag | local .safetensors/.pth
-    # Optional overrides of the timm variant's shape (a smaller or deeper columnar model).
-    embed_dim: Optional[int] = None
-    depth: Optional[int] = None
+    # Overrides of the named timm variant's shape (null: the variant's own). The default model is a
+    # slimmer xcit_nano_12_p8 (96 wide, 6 blocks); a config that names another `name` without these
+    # keys gets that variant's own shape (see config_from_dict), so pretrained weights fit.
+    embed_dim: Optional[int] = 96
+    depth: Optional[int] = 6
     num_heads: Optional[int] = None
     patch_size: Optional[int] = None
     out_indices: Optional[list[int]] = None  # blocks closing each of the 4 stages; default per depth
@@ -103,7 +105,7 @@ class FusionConfig:
 
 @dataclass
 class DecoderConfig:
-    hidden_dim: int = 128
+    hidden_dim: int = 64
 
 
 @dataclass
@@ -123,11 +125,11 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 3000
+    max_steps: int = 1400
     max_epochs: Optional[int] = None  # when set, max_steps = epochs * steps per epoch
     batch_size: int = 8  # per process
     gradient_accumulation_steps: int = 1
-    lr: float = 3e-4
+    lr: float = 5e-4
     text_lr: Optional[float] = None  # learning rate of the trainable text layers (default: lr)
     weight_decay: float = 1e-2
     warmup_steps: int = 100
@@ -135,11 +137,16 @@ class TrainConfig:
     grad_clip: Optional[float] = 1.0
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: bf16 where it is fast)
     seed: int = 0
-    checkpoint_every: int = 500
-    eval_every: int = 1000
+    checkpoint_every: int = 200
+    eval_every: int = 400
     log_every: int = 20
     max_bad_steps: int = 20  # consecutive non-finite losses before training stops
-    output_dir: Optional[str] = None  # default runs/<timestamp>
+    # CPU threads per process; null: this machine's cores shared among its processes. (accelerate
+    # launch sets OMP_NUM_THREADS=1 unless told otherwise, which would leave cores idle.)
+    cpu_threads: Optional[int] = None
+    # Save state and exit once this step is reached (a time slice of a longer run; continue it with
+    # --resume). The schedule still runs to max_steps.
+    stop_at_step: Optional[int] = None
 
 
 @dataclass
@@ -316,8 +323,16 @@ def _validate(cfg: Config) -> None:
         bad("model.vision.out_indices: expected 4 block indices")
 
 
+_VARIANT_SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "out_indices")
+
+
 def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> Config:
     data = apply_overrides(dict(data or {}), overrides)
+    vision = (data.get("model") or {}).get("vision")
+    if isinstance(vision, dict) and vision.get("name", VisionConfig.name) != VisionConfig.name:
+        # Naming another timm variant means its own shape, unless the shape is given alongside.
+        for key in _VARIANT_SHAPE_KEYS:
+            vision.setdefault(key, None)
     cfg = _build(Config, data)
     _validate(cfg)
     return cfg

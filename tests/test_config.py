@@ -72,3 +72,19 @@ def test_save_roundtrip(tmp_path):
     cfg = load_config(overrides=["train.seed=7", "model.text.trainable_layers=[0,1]"])
     cfg.save(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml").to_dict() == cfg.to_dict()
+
+
+def test_naming_a_variant_means_its_own_shape(tmp_path):
+    """The default slims xcit_nano_12_p8; naming another variant must not inherit that slimming."""
+    default = load_config()
+    assert (default.model.vision.embed_dim, default.model.vision.depth) == (96, 6)
+    cfg = load_config(overrides=["model.vision.name=xcit_small_12_p16"])
+    assert cfg.model.vision.embed_dim is None and cfg.model.vision.depth is None
+    cfg = load_config(overrides=["model.vision.name=xcit_small_12_p16", "model.vision.depth=8"])
+    assert cfg.model.vision.depth == 8 and cfg.model.vision.embed_dim is None
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  vision:\n    name: xcit_medium_24_p8\n")
+    cfg = load_config(p)
+    assert cfg.model.vision.embed_dim is None and cfg.model.vision.depth is None
+    for f in ["xcit_s12_p16_480.yaml", "xcit_m24_p8_480.yaml", "refcoco.yaml"]:
+        assert load_config(REPO / "configs" / f).model.vision.embed_dim is None

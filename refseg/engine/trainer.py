@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..cli import UserError
+from ..utils import atomic_directory
 from .losses import SegmentationLoss
 from .schedule import parameter_groups, poly_warmup_lambda
 
@@ -69,18 +70,6 @@ class EpochBatchSampler(Sampler):
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Atomically swap ``tmp`` into place at ``final`` (old copy removed after the swap)."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_mixed_precision(setting: str, use_cpu: bool) -> str:
@@ -184,6 +173,8 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     )
     is_main = accelerator.is_main_process
     set_seed(tc.seed, device_specific=False)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(tc.cpu_threads, _local_world_size()))
 
     # ---- data ------------------------------------------------------------------------------
     t0 = time.time()
@@ -235,14 +226,20 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     unwrapped = accelerator.unwrap_model(model)
 
     def save_state() -> None:
-        tmp = out / f"state.tmp"
-        if is_main and tmp.exists():
-            shutil.rmtree(tmp)
+        # Every process writes into the staging directory (its own RNG file); the main process
+        # then swaps it in atomically, so `state/` is always a complete checkpoint.
+        staging = out / "state.staging"
+        if is_main and staging.exists():
+            shutil.rmtree(staging)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.save_state(str(staging), safe_serialization=True)
+        accelerator.wait_for_everyone()
         if is_main:
-            st.save(tmp / TRAINER_STATE, scheduler)
-            _replace_dir(tmp, state_dir)
+            st.save(staging / TRAINER_STATE, scheduler)
+            with atomic_directory(state_dir) as tmp:
+                for f in staging.iterdir():
+                    os.replace(f, tmp / f.name)
+            shutil.rmtree(staging, ignore_errors=True)
         accelerator.wait_for_everyone()
 
     def run_eval(final: bool = False) -> dict:
@@ -270,7 +267,8 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                dynamic_ncols=True, smoothing=0.05)
     ema_loss, images_seen = None, 0
     tick = window_start = time.time()
-    while st.step < max_steps:
+    stop_early = False
+    while st.step < max_steps and not stop_early:
         sampler = EpochBatchSampler(len(train_ds), tc.batch_size, tc.seed, st.epoch, rank, world,
                                     skip=st.batches_in_epoch)
         if hasattr(train_ds, "set_epoch"):
@@ -335,11 +333,22 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                 save_state()
             if st.step >= max_steps:
                 break
+            if tc.stop_at_step is not None and st.step == tc.stop_at_step:
+                stop_early = True
+                break
         else:
             if st.batches_in_epoch >= sampler.global_batches():
                 st.epoch, st.batches_in_epoch = st.epoch + 1, 0
     bar.close()
     time_train = st.elapsed
+    if st.step < max_steps:  # stopped early on purpose (train.stop_at_step): state is on disk
+        if st.step % tc.checkpoint_every:
+            save_state()
+        accelerator.end_training()
+        if is_main:
+            print(f"stopped at step {st.step}/{max_steps} (train.stop_at_step); continue with: "
+                  f"accelerate launch train.py --resume --output-dir {out}")
+        return {"run": str(out), "steps": st.step, "stopped_early": True, "val": None}
 
     # ---- final evaluation and checkpoints -----------------------------------------------------
     t0 = time.time()
@@ -359,6 +368,21 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def cpu_threads(setting: int | None, local_processes: int = 1) -> int:
+    """Threads for one process: ``setting``, or the machine's cores shared among its processes."""
+    if setting:
+        return int(setting)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_processes))
 
 
 def _seed_worker(worker_id: int) -> None:

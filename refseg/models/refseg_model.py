@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, ConfigError, load_config
+from ..utils import atomic_directory, first_line
 from .crossvit import CrossViTBranch
 from .decoder import SimpleDecoder
 from .pwam import PWAM, LanguageGate
@@ -165,28 +164,14 @@ class RefSegModel(nn.Module):
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with atomic_directory(path) as tmp:
             self.config.save(tmp / CONFIG_FILE)
             # clone: safetensors refuses tensors that share storage; contiguous CPU copies always save
             state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": "refseg"})
             self.text_encoder.model.config.save_pretrained(str(tmp / TEXT_DIR))
             (tokenizer or self.tokenizer).save_pretrained(str(tmp / TOKENIZER_DIR))
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        return Path(path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "RefSegModel":
@@ -208,25 +193,20 @@ class RefSegModel(nn.Module):
         try:
             state = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
         except Exception as e:
-            raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read weights ({_first_line(e)})") from None
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read weights ({first_line(e)})") from None
         try:
             model = cls(cfg, load_pretrained=False, text_source=str(path / TEXT_DIR))
         except (RuntimeError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: cannot build the model ({_first_line(e)})") from None
+            raise CheckpointError(f"{path}: cannot build the model ({first_line(e)})") from None
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # size mismatch
-            raise CheckpointError(f"{path / WEIGHTS_FILE}: does not match {CONFIG_FILE} ({_first_line(e)})") from None
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: does not match {CONFIG_FILE} ({first_line(e)})") from None
         if missing or unexpected:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: does not match {CONFIG_FILE} "
                                   f"({len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
         model._tokenizer_dir = str(path / TOKENIZER_DIR)
         return model.to(map_location).eval()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def build_model(cfg: Config, load_pretrained: bool = True) -> RefSegModel:
@@ -240,5 +220,5 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         tok = model.tokenizer
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot load the tokenizer ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({first_line(e)})") from None
     return model, tok

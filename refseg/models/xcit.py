@@ -32,6 +32,8 @@ from torch import nn
 from timm.layers import Attention, trunc_normal_
 from timm.models.xcit import ConvPatchEmbed, PositionalEncodingFourier, XCABlock, conv3x3
 
+from ..utils import first_line
+
 logger = logging.getLogger("refseg")
 
 # timm XCiT variants: size -> (embed_dim, num_heads); depth and patch size come from the name.
@@ -345,7 +347,7 @@ def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
             else:
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt / foreign file
-            raise ValueError(f"model.vision.pretrained: cannot read '{spec}': {_first_line(e)}") from None
+            raise ValueError(f"model.vision.pretrained: cannot read '{spec}': {first_line(e)}") from None
         for key in ("model", "state_dict", "model_state"):
             if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
                 sd = sd[key]
@@ -366,14 +368,9 @@ def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
     try:
         model = timm.create_model(arch + dot + tag, pretrained=True)
     except Exception as e:
-        raise ValueError(f"model.vision.pretrained: cannot get timm weights '{spec}' ({_first_line(e)}); "
+        raise ValueError(f"model.vision.pretrained: cannot get timm weights '{spec}' ({first_line(e)}); "
                          f"offline? pass a local .safetensors/.pth file instead") from None
     return model.state_dict()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def clean_xcit_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

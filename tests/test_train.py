@@ -1,0 +1,177 @@
+"""train.py end to end on a tiny refshapes set: run layout, resume equality, DDP, demo and evaluate."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import TINY_OVERRIDES, run_script
+
+TINY_DATA = [
+    "data.refshapes.num_train_images=24",
+    "data.refshapes.num_val_images=6",
+    "data.refshapes.num_test_images=2",
+    "data.refshapes.image_size=64",
+    "data.num_workers=0",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "eval.batch_size=8",
+]
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    return [*TINY_OVERRIDES, *TINY_DATA, f"data.root={root}", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 6-step run with evaluation every 3 steps and state every 2."""
+    base = tmp_path_factory.mktemp("train")
+    out = base / "run"
+    r = run_script(["train.py", "--no-progress", "--output-dir", out,
+                    *_args(base / "data", "train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=2")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base, out, r
+
+
+def test_run_directory_layout(trained_run):
+    base, out, r = trained_run
+    for name in ["config.yaml", "metrics.jsonl", "summary.json", "state/trainer_state.json",
+                 "state/model.safetensors", "best/model.safetensors", "best/config.yaml", "best/tokenizer",
+                 "last/model.safetensors", "logs"]:
+        assert (out / name).exists(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in records] == [3, 6]  # one periodic evaluation, one final
+    assert records[-1]["final"] and records[-1]["num_samples"] > 0
+    for key in ["oIoU", "mIoU", "P@0.5", "P@0.9"]:
+        assert 0.0 <= records[-1][key] <= 100.0
+    state = json.loads((out / "state" / "trainer_state.json").read_text())
+    assert state["step"] == 6
+    # The final summary line names the metrics and the run directory.
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: 6 steps") and "mIoU" in last and str(out) in last
+    # The generated dataset is in the refer layout.
+    assert (base / "data" / "refshapes" / "refs(refshapes).json").is_file()
+
+
+def test_resume_gives_the_same_weights(trained_run, tmp_path):
+    """Stop after 4 steps, resume to 6: the weights equal the uninterrupted 6-step run exactly (CPU)."""
+    base, full, _ = trained_run
+    out = tmp_path / "run"
+    r = run_script(["train.py", "--no-progress", "--output-dir", out,
+                    *_args(base / "data", "train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=2",
+                           "train.stop_at_step=4")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped at step 4/6" in r.stdout and not (out / "last").exists()
+    assert json.loads((out / "state" / "trainer_state.json").read_text())["step"] == 4
+    r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", out])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming" in r.stdout
+    a = load_file(str(full / "last" / "model.safetensors"))
+    b = load_file(str(out / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    diff = max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)
+    assert diff == 0.0, f"resumed weights differ by {diff}"
+
+
+def test_resume_with_nothing_to_resume(tmp_path):
+    r = run_script(["train.py", "--resume", "--output-dir", tmp_path / "nothing"])
+    assert r.returncode == 2
+    assert "nothing to resume" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_is_one_line(tmp_path):
+    r = run_script(["train.py", "train.max_step=3"])
+    assert r.returncode == 2 and "did you mean 'train.max_steps'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_script(["train.py", "--config", tmp_path / "missing.yaml"])
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_help():
+    for script in ["train.py", "demo.py", "evaluate.py"]:
+        r = run_script([script, "--help"])
+        assert r.returncode == 0 and "usage" in r.stdout.lower()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(trained_run, tmp_path):
+    """`accelerate launch --cpu --num_processes 2 train.py` trains with gloo and writes one run."""
+    base, _, _ = trained_run
+    out = tmp_path / "ddp"
+    r = run_script(["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", "--no-progress",
+                    "--output-dir", out, *_args(base / "data", "train.max_steps=3", "train.eval_every=100")],
+                   timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "last" / "model.safetensors").is_file()
+    assert r.stdout.count("done: 3 steps") == 1  # only the main process prints the summary
+
+
+def test_demo_writes_overlay_at_image_size(trained_run, tmp_path):
+    base, out, _ = trained_run
+    image = sorted((base / "data" / "refshapes" / "images").glob("*"))[0]
+    o, m = tmp_path / "overlay.png", tmp_path / "mask.png"
+    r = run_script(["demo.py", "--image", image, "--text", "the red circle", "--checkpoint", out / "best",
+                    "--out", o, "--mask", m])
+    assert r.returncode == 0, r.stderr[-2000:]
+    import cv2
+
+    src = cv2.imread(str(image))
+    assert cv2.imread(str(o)).shape == src.shape
+    mask = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == src.shape[:2] and set(np.unique(mask)) <= {0, 255}
+    assert str(o) in r.stdout
+
+
+def test_demo_uses_newest_run_by_default(trained_run, tmp_path):
+    base, out, _ = trained_run
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(out / "best", tmp_path / "runs" / "x" / "best")
+    image = sorted((base / "data" / "refshapes" / "images").glob("*"))[0]
+    r = run_script([Path(__file__).resolve().parents[1] / "demo.py", "--image", image, "--text", "the square"],
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "runs/x/best" in r.stdout
+    assert (tmp_path / f"{image.stem}_overlay.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "not_image", "blank_text", "no_checkpoint"])
+def test_demo_bad_input_is_one_line(trained_run, tmp_path, case):
+    base, out, _ = trained_run
+    image = sorted((base / "data" / "refshapes" / "images").glob("*"))[0]
+    text, ckpt = "the red circle", out / "best"
+    if case == "missing":
+        image = tmp_path / "nope.jpg"
+    elif case == "directory":
+        image = tmp_path
+    elif case == "empty":
+        image = tmp_path / "empty.png"
+        image.write_bytes(b"")
+    elif case == "not_image":
+        image = tmp_path / "x.jpg"
+        image.write_text("hello")
+    elif case == "blank_text":
+        text = " \t\n "
+    elif case == "no_checkpoint":
+        ckpt = tmp_path / "no_ckpt"
+    r = run_script(["demo.py", "--image", image, "--text", text, "--checkpoint", ckpt])
+    assert r.returncode == 2, (case, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_evaluate_cli_on_the_trained_run(trained_run, tmp_path):
+    base, out, _ = trained_run
+    res = tmp_path / "m.json"
+    r = run_script(["evaluate.py", "--checkpoint", out / "best", "--split", "val", "--out", res,
+                    "--data-root", base / "data", "--no-progress"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(res.read_text())
+    assert {"oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "num_samples"} <= set(got)
+    assert "per-type" in r.stdout
