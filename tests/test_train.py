@@ -175,3 +175,18 @@ def test_evaluate_cli_on_the_trained_run(trained_run, tmp_path):
     got = json.loads(res.read_text())
     assert {"oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "num_samples"} <= set(got)
     assert "per-type" in r.stdout
+
+
+def test_demo_odd_text_and_grayscale_image(trained_run, tmp_path):
+    """Long, non-Latin, emoji, tab/newline text on a grayscale image: works, overlay at image size."""
+    base, out, _ = trained_run
+    import cv2
+
+    image = sorted((base / "data" / "refshapes" / "images").glob("*"))[0]
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), cv2.imread(str(image), cv2.IMREAD_GRAYSCALE))
+    text = "the\tred circle\nنقطة 红色的圆 😀 " + "very " * 60 + "far left"
+    o = tmp_path / "o.png"
+    r = run_script(["demo.py", "--image", gray, "--text", text, "--checkpoint", out / "best", "--out", o])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert cv2.imread(str(o)).shape[:2] == cv2.imread(str(gray), cv2.IMREAD_GRAYSCALE).shape

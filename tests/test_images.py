@@ -1,0 +1,96 @@
+"""read_image / overlay: odd but valid user images come out RGB uint8 in their displayed orientation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refseg.visualize import ImageReadError, overlay, read_image
+
+
+def _gradient(h=24, w=40):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, 90)], -1).astype(np.uint8)
+
+
+def test_rgb_jpeg_and_png(tmp_path):
+    rgb = _gradient()
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (24, 40, 3) and np.array_equal(out, rgb)
+
+
+def test_grayscale(tmp_path):
+    g = _gradient()[..., 0]
+    Image.fromarray(g, mode="L").save(tmp_path / "g.png")
+    out = read_image(tmp_path / "g.png")
+    assert out.shape == (24, 40, 3) and np.array_equal(out[..., 0], g) and np.array_equal(out[..., 2], g)
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:, :5, 3] = 255  # left half opaque red, right half transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert out.shape == (10, 10, 3)
+    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[0, 9]) == (255, 255, 255)
+
+
+def test_16bit_png(tmp_path):
+    a = (np.linspace(0, 65535, 30 * 20).reshape(20, 30)).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "d.png")
+    out = read_image(tmp_path / "d.png")
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255  # full range kept, not clipped to 255/65535
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.fromarray(_gradient()).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    out = read_image(tmp_path / "c.jpg")
+    assert out.shape == (24, 40, 3)
+    assert np.abs(out.astype(int) - _gradient().astype(int)).mean() < 12
+
+
+def test_exif_rotation_gives_displayed_orientation(tmp_path):
+    rgb = _gradient(24, 40)
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    im.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = read_image(tmp_path / "r.jpg")
+    assert out.shape == (40, 24, 3)  # displayed: portrait
+    expected = np.rot90(rgb, k=-1)
+    assert np.abs(out.astype(int) - expected.astype(int)).mean() < 8
+
+
+def test_tiny_image(tmp_path):
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "t.png")
+    assert read_image(tmp_path / "t.png").shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "text", "truncated"])
+def test_bad_files_raise_one_line_errors(tmp_path, case):
+    p = tmp_path / "x.jpg"
+    if case == "directory":
+        p = tmp_path
+    elif case == "empty":
+        p.write_bytes(b"")
+    elif case == "text":
+        p.write_text("not an image")
+    elif case == "truncated":
+        Image.fromarray(_gradient(200, 200)).save(p, quality=95)
+        p.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(ImageReadError) as e:
+        read_image(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_overlay_keeps_size_and_marks_the_mask():
+    img = np.full((50, 70, 3), 100, np.uint8)
+    mask = np.zeros((50, 70), bool)
+    mask[20:30, 30:50] = True
+    out = overlay(img, mask, text="the thing — ünïcödé 😀\twith a tab")
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert not np.array_equal(out[25, 40], img[25, 40])  # tinted inside
+    assert np.array_equal(out[45, 5], img[45, 5])  # untouched outside (below the caption)
