@@ -90,6 +90,9 @@ def test_bad_config_is_one_line(tmp_path):
     r = run_script(["train.py", "train.max_step=3"])
     assert r.returncode == 2 and "did you mean 'train.max_steps'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    # options may come after overrides too
+    r = run_script(["train.py", "train.max_step=3", "--no-progress", "train.lr=1e-4"])
+    assert r.returncode == 2 and "did you mean 'train.max_steps'" in r.stderr
     r = run_script(["train.py", "--config", tmp_path / "missing.yaml"])
     assert r.returncode == 2 and "not found" in r.stderr
 
