@@ -193,3 +193,15 @@ def test_demo_odd_text_and_grayscale_image(trained_run, tmp_path):
     r = run_script(["demo.py", "--image", gray, "--text", text, "--checkpoint", out / "best", "--out", o])
     assert r.returncode == 0, r.stderr[-2000:]
     assert cv2.imread(str(o)).shape[:2] == cv2.imread(str(gray), cv2.IMREAD_GRAYSCALE).shape
+
+
+def test_non_finite_losses_are_skipped_then_stop(trained_run, tmp_path):
+    """An absurd learning rate makes the weights blow up: steps are skipped, then training stops cleanly."""
+    base, _, _ = trained_run
+    r = run_script(["train.py", "--no-progress", "--output-dir", tmp_path / "nan",
+                    *_args(base / "data", "train.max_steps=30", "train.lr=1e30", "train.warmup_steps=0",
+                           "train.grad_clip=null", "train.max_bad_steps=3", "train.eval_every=1000")])
+    assert r.returncode != 0
+    assert "non-finite loss" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "step skipped" in r.stdout + r.stderr

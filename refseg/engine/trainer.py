@@ -268,6 +268,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     ema_loss, images_seen = None, 0
     tick = window_start = time.time()
     stop_early = False
+    bad_streak = 0
     while st.step < max_steps and not stop_early:
         sampler = EpochBatchSampler(len(train_ds), tc.batch_size, tc.seed, st.epoch, rank, world,
                                     skip=st.batches_in_epoch)
@@ -288,17 +289,19 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                 loss = criterion(logits, labels)
                 finite = torch.isfinite(loss.detach())
                 if world > 1:  # every process must agree to skip, or DDP hangs
-                    finite = accelerator.reduce(finite.float(), reduction="min") > 0
+                    finite = accelerator.gather(finite.float().reshape(1)).min() > 0
                 if not bool(finite):
                     optimizer.zero_grad(set_to_none=True)
                     st.skipped_steps += 1
-                    bad = st.skipped_steps
+                    bad_streak += 1
                     if is_main:
-                        bar.write(f"step {st.step}: non-finite loss, step skipped ({bad} so far)")
-                    if bad >= tc.max_bad_steps:
-                        raise RuntimeError(f"training stopped: {bad} steps with a non-finite loss "
-                                           f"(lower train.lr or check the data)")
+                        bar.write(f"step {st.step}: non-finite loss, step skipped "
+                                  f"({bad_streak} in a row, {st.skipped_steps} in all)")
+                    if bad_streak >= tc.max_bad_steps:
+                        raise RuntimeError(f"training stopped: {bad_streak} steps in a row with a non-finite "
+                                           f"loss (lower train.lr or check the data)")
                     continue
+                bad_streak = 0
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tc.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
