@@ -11,7 +11,6 @@ Any config field can be overridden as key=value by its dotted name.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ leaves a checkpoint that ``--resume`` would trust.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time

@@ -6,7 +6,6 @@ works offline. Remote code is never trusted.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
