@@ -29,19 +29,23 @@ def quiet_libraries() -> None:
         pass
 
 
-def _is_user_error(exc: BaseException) -> bool:
-    from .config import ConfigError
+# Errors that mean "your input is wrong", by module: a class can only have been raised if its module
+# is loaded, so look them up in sys.modules instead of importing heavy modules here.
+_USER_ERRORS = {
+    "refseg.config": ("ConfigError",),
+    "refseg.data.refer": ("DataError",),  # UnsafePickleError is a DataError
+    "refseg.models.refseg_model": ("CheckpointError",),
+}
 
-    if isinstance(exc, (UserError, ConfigError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                        PermissionError)):
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
         return True
-    try:
-        from .data.refer import DataError  # noqa: WPS433 - optional until the data module exists
-    except Exception:  # pragma: no cover
-        DataError = ()  # type: ignore
-    if DataError and isinstance(exc, DataError):
-        return True
-    return type(exc).__name__ in {"CheckpointError", "UnsafePickleError", "DataError", "ImageReadError"}
+    for module, names in _USER_ERRORS.items():
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(exc, tuple(getattr(mod, n) for n in names)):
+            return True
+    return False
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,

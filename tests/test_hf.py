@@ -10,6 +10,7 @@ import pytest
 
 from refseg.data.hf import HFSource, is_hf_export
 from refseg.data.refer import DataError
+from test_refer import rect, rect_mask  # noqa: E402  (tests/ is on sys.path)
 
 datasets = pytest.importorskip("datasets")
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value  # noqa: E402
@@ -27,14 +28,9 @@ def picture(seed: int, h: int = H, w: int = W) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def rect(x0, y0, x1, y1):
-    return [x0, y0, x1, y0, x1, y1, x0, y1]
-
-
-def box(x0, y0, x1, y1, h=H, w=W):
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    return m
+def box(x0, y0, x1, y1):
+    """Mask of the pixel rectangle [x0, x1) x [y0, y1) at this file's image size."""
+    return rect_mask(x0, y0, x1, y1, h=H, w=W)
 
 
 # ---------------------------------------------------------------------------------------------
