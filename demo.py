@@ -9,11 +9,13 @@ Without --checkpoint the newest runs/*/best is used.
 from __future__ import annotations
 
 import argparse
+
+from refseg.cli import ArgumentParser
 from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, help="input image (any format PIL reads)")
     p.add_argument("--text", required=True, help="the referring expression")

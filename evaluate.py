@@ -12,6 +12,8 @@ original image size; ``--resized-gt`` scores at image_size x image_size like LAV
 from __future__ import annotations
 
 import argparse
+
+from refseg.cli import ArgumentParser
 import copy
 import json
 from pathlib import Path
@@ -21,7 +23,7 @@ from refseg.cli import UserError, quiet_libraries, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.yaml, model.safetensors, tokenizer/)")

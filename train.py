@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 
+from refseg.cli import ArgumentParser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="train.py", description=__doc__.split("\n\n")[0],
         epilog="Example: accelerate launch train.py train.max_steps=500 model.crossvit.enabled=false",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,12 +1,20 @@
 """Shared command-line plumbing: one clear error line and a non-zero exit instead of a traceback."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable, Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``prog: error: ... (see --help)``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class UserError(Exception):
@@ -29,23 +37,9 @@ def quiet_libraries() -> None:
         pass
 
 
-# Errors that mean "your input is wrong", by module: a class can only have been raised if its module
-# is loaded, so look them up in sys.modules instead of importing heavy modules here.
-_USER_ERRORS = {
-    "refseg.config": ("ConfigError",),
-    "refseg.data.refer": ("DataError",),  # UnsafePickleError is a DataError
-    "refseg.models.refseg_model": ("CheckpointError",),
-}
-
-
 def _is_user_error(exc: BaseException) -> bool:
-    if isinstance(exc, (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
-        return True
-    for module, names in _USER_ERRORS.items():
-        mod = sys.modules.get(module)
-        if mod is not None and isinstance(exc, tuple(getattr(mod, n) for n in names)):
-            return True
-    return False
+    # refseg's own input errors (ConfigError, DataError, CheckpointError, ...) subclass UserError.
+    return isinstance(exc, (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError))
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,

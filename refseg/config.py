@@ -14,8 +14,10 @@ from typing import Any, Optional
 
 import yaml
 
+from .cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
 
 
@@ -106,6 +108,9 @@ class FusionConfig:
 @dataclass
 class DecoderConfig:
     hidden_dim: int = 64
+    # Feed the encoder's convolutional stem (strides 2 and 4) into the decoder, which then predicts at
+    # stride 2: the columnar XCiT's finest real features are otherwise its stride-8 patch tokens.
+    stem_skips: bool = False
 
 
 @dataclass

@@ -35,6 +35,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def recover_directory(path: str | os.PathLike) -> bool:
+    """Undo what a kill inside ``atomic_directory`` left behind; True if ``path`` exists afterwards.
+
+    A kill between its two renames leaves no ``path`` but a complete ``.<name>.old-*`` (the previous
+    version, complete by construction): put it back. Unfinished ``.<name>.tmp-*`` siblings were never
+    trusted and are removed. Call this only where nothing else is writing ``path`` (e.g. on resume).
+    """
+    path = Path(path)
+    parent, name = path.parent, path.name
+    if not parent.is_dir():
+        return False
+    olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not path.exists() and olds:
+        os.replace(olds.pop(0), path)
+    for stale in [*olds, *parent.glob(f".{name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return path.exists()
+
+
 def _fsync_tree(root: Path) -> None:
     """Flush file contents to disk before the rename makes them visible (power loss safety)."""
     for p in root.rglob("*"):

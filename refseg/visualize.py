@@ -60,7 +60,8 @@ def _to_rgb(im) -> np.ndarray:
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
-    return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    rgb = im if im.mode == "RGB" else im.convert("RGB")  # no extra copy of a large RGB photo
+    return np.ascontiguousarray(np.asarray(rgb))
 
 
 def _font(size: int):
@@ -82,10 +83,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, text: str | None = None,
     """
     from PIL import Image, ImageDraw
 
-    out = image.astype(np.float32).copy()
     m = mask.astype(bool)
-    out[m] = out[m] * (1 - alpha) + np.array(TINT, np.float32) * alpha
-    out = out.astype(np.uint8)
+    out = image.copy()
+    tint = np.array(TINT, np.float32) * alpha
+    # Blend in bands of rows: float scratch memory stays small on 6000x4000 photos.
+    for r0 in range(0, m.shape[0], 256):
+        band, mb = out[r0:r0 + 256], m[r0:r0 + 256]
+        band[mb] = (band[mb].astype(np.float32) * (1 - alpha) + tint + 0.5).astype(np.uint8)
     h, w = m.shape
     thick = max(1, round(min(h, w) / 250))
     if gt is not None:
@@ -94,19 +98,19 @@ def overlay(image: np.ndarray, mask: np.ndarray, text: str | None = None,
     cs, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, cs, -1, TINT, thick)
     if text:
-        pil = Image.fromarray(out)
-        draw = ImageDraw.Draw(pil)
         size = max(10, min(h, w) // 22)
         font = _font(size)
         caption = " ".join(text.split())
         max_chars = max(8, int(w / (0.55 * size)))
         if len(caption) > max_chars:
             caption = caption[: max_chars - 1] + "…"
-        box = draw.textbbox((0, 0), caption, font=font)
         pad = max(2, size // 4)
-        draw.rectangle([0, 0, min(w, box[2] + 2 * pad), box[3] + 2 * pad], fill=(0, 0, 0))
-        draw.text((pad, pad), caption, fill=(255, 255, 255), font=font)
-        out = np.asarray(pil)
+        box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), caption, font=font)
+        bw, bh = min(w, box[2] + 2 * pad), min(h, box[3] + 2 * pad)
+        # Draw the caption on its own small black box, then paste it: no full-size PIL copy.
+        label = Image.new("RGB", (bw, bh), (0, 0, 0))
+        ImageDraw.Draw(label).text((pad, pad), caption, fill=(255, 255, 255), font=font)
+        out[:bh, :bw] = np.asarray(label)
     return out
 
 

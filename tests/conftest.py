@@ -30,6 +30,49 @@ TINY_OVERRIDES = [
 ]
 
 
+TINY_DATA = [
+    "data.refshapes.num_train_images=24",
+    "data.refshapes.num_val_images=6",
+    "data.refshapes.num_test_images=2",
+    "data.refshapes.image_size=64",
+    "data.num_workers=0",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "eval.batch_size=8",
+]
+
+
+def tiny_train_args(root: Path, *extra: str) -> list[str]:
+    """train.py overrides for a tiny model on a tiny refshapes set generated under ``root``."""
+    return [*TINY_OVERRIDES, *TINY_DATA, f"data.root={root}", *extra]
+
+
+# The reference run of the train/resume tests: evaluation every 3 steps, state every 2.
+TRAINED_RUN = ("train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=2")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(base, run_dir, CompletedProcess) of a 6-step ``TRAINED_RUN``; its data lives in base/data."""
+    base = tmp_path_factory.mktemp("train")
+    out = base / "run"
+    r = run_script(["train.py", "--no-progress", "--output-dir", out, *tiny_train_args(base / "data", *TRAINED_RUN)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base, out, r
+
+
+def max_weight_diff(ckpt_a: Path, ckpt_b: Path) -> float:
+    """Largest absolute difference between two checkpoints' weights (same keys required)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    a = load_file(str(Path(ckpt_a) / "model.safetensors"))
+    b = load_file(str(Path(ckpt_b) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)
+
+
 @pytest.fixture
 def tiny_cfg():
     from refseg.config import load_config

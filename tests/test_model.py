@@ -159,3 +159,41 @@ def test_predictor_returns_mask_at_image_size(model, tmp_path):
         pred.predict(img.astype(np.float32), "x")
     with pytest.raises(ValueError, match="text"):
         pred.predict(img, "  ")
+
+
+def test_stem_taps_equal_timm_patch_embedding():
+    """run_stem returns exactly timm's ConvPatchEmbed output, plus its stride-2/4 activations."""
+    from timm.models.xcit import ConvPatchEmbed
+
+    from refseg.models.xcit import XCiTColumnar, run_stem
+
+    torch.manual_seed(0)
+    for patch in (8, 16):
+        enc = XCiTColumnar("xcit_nano_12_p8", embed_dim=32, depth=4, num_heads=2, patch_size=patch).eval()
+        x = torch.randn(2, 3, 64, 96)
+        with torch.no_grad():
+            out, taps = run_stem(enc.patch_embed.proj, x)
+            want, (hp, wp) = ConvPatchEmbed.forward(enc.patch_embed, x)
+            tokens, hw, stem = enc.embed(x, return_stem=True)
+            plain, hw2 = enc.embed(x)
+        assert torch.equal(out.flatten(2).transpose(1, 2), want) and hw == hw2 == (hp, wp)
+        assert torch.equal(tokens, plain)
+        assert sorted(stem) == sorted(enc.stem_channels)
+        for stride, t in stem.items():
+            assert t.shape == (2, enc.stem_channels[stride], 64 // stride, 96 // stride)
+
+
+@pytest.mark.parametrize("arch", ["xcit_columnar", "xcit_hierarchical"])
+def test_stem_skips_decoder_predicts_at_stride_2(tok, arch):
+    extra = ["model.decoder.stem_skips=true", f"model.vision.arch={arch}",
+             "model.vision.hierarchical_dims=[16,32,64,128]", "model.vision.hierarchical_heads=[1,2,4,8]",
+             "model.vision.hierarchical_depths=[1,1,1,1]"]
+    torch.manual_seed(0)
+    m = build_model(_cfg(*extra))
+    assert m.decoder.out_stride == 2
+    ids, mask = _text(tok, ["the red circle", "a square"])
+    out = m(torch.randn(2, 3, 61, 97), ids, mask)
+    assert out.shape == (2, 2, 61, 97) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    # the stride-2 stem activation reaches the loss through the decoder's last stage
+    assert m.decoder.refine[0].weight.grad.abs().sum() > 0

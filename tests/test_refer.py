@@ -411,6 +411,11 @@ def test_eval_dataset_items(toy, tokenizer):
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
     assert batch["index"].tolist() == [0, 1, 2]
     assert isinstance(batch["target"], list) and batch["target"][0].shape == (H, W)
+    # text cut to the batch's longest expression: no all-padding columns, nothing real dropped
+    longest = max(int(ds[i]["attention_mask"].sum()) for i in range(3))
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, longest) < (3, 12)
+    for i in range(3):
+        np.testing.assert_array_equal(batch["input_ids"][i].numpy(), ds[i]["input_ids"][:longest].numpy())
 
 
 def test_train_dataset_one_item_per_ref_random_sentence(toy, tokenizer):

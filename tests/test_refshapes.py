@@ -15,7 +15,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from refseg.data import refshapes as R
-from refseg.data.refshapes import Desc, ObjectSpec, Query
+from refseg.data.refshapes import ObjectSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_train_images=10, num_val_images=4, num_test_images=4, image_size=96, seed=3)

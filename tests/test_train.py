@@ -7,37 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
-from conftest import TINY_OVERRIDES, run_script
-
-TINY_DATA = [
-    "data.refshapes.num_train_images=24",
-    "data.refshapes.num_val_images=6",
-    "data.refshapes.num_test_images=2",
-    "data.refshapes.image_size=64",
-    "data.num_workers=0",
-    "train.batch_size=4",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-    "eval.batch_size=8",
-]
-
-
-def _args(root: Path, *extra: str) -> list[str]:
-    return [*TINY_OVERRIDES, *TINY_DATA, f"data.root={root}", *extra]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A 6-step run with evaluation every 3 steps and state every 2."""
-    base = tmp_path_factory.mktemp("train")
-    out = base / "run"
-    r = run_script(["train.py", "--no-progress", "--output-dir", out,
-                    *_args(base / "data", "train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=2")])
-    assert r.returncode == 0, r.stderr[-3000:]
-    return base, out, r
-
+from conftest import TRAINED_RUN, max_weight_diff, run_script, tiny_train_args as _args
 
 def test_run_directory_layout(trained_run):
     base, out, r = trained_run
@@ -64,18 +35,14 @@ def test_resume_gives_the_same_weights(trained_run, tmp_path):
     base, full, _ = trained_run
     out = tmp_path / "run"
     r = run_script(["train.py", "--no-progress", "--output-dir", out,
-                    *_args(base / "data", "train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=2",
-                           "train.stop_at_step=4")])
+                    *_args(base / "data", *TRAINED_RUN, "train.stop_at_step=4")])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "stopped at step 4/6" in r.stdout and not (out / "last").exists()
     assert json.loads((out / "state" / "trainer_state.json").read_text())["step"] == 4
     r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", out])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout
-    a = load_file(str(full / "last" / "model.safetensors"))
-    b = load_file(str(out / "last" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    diff = max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)
+    diff = max_weight_diff(full / "last", out / "last")
     assert diff == 0.0, f"resumed weights differ by {diff}"
 
 

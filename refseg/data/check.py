@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..cli import ArgumentParser
+
 # Published RefCOCO (UNC) split sizes: refs / sentences (Yu et al. 2016; the refer toolkit's files).
 EXPECTED = {
     ("refcoco", "unc"): {"train": (42404, 120624), "val": (3811, 10834), "testA": (1975, 5657),
@@ -25,7 +27,7 @@ EXPECTED = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m refseg.data.check", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m refseg.data.check", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="data", help="folder holding <dataset>/ and images/ (default: data)")
     p.add_argument("--dataset", default="refcoco",
                    help="refcoco | refcoco+ | refcocog | refshapes | any refer-layout folder | an HF export path")

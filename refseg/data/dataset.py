@@ -145,7 +145,11 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: 
 
 
 def collate(batch: list[dict]) -> dict[str, Any]:
-    """Stack fixed-size tensors; ``index`` -> (B,) long; ``target`` stays a list of (H,W) bool tensors."""
+    """Stack fixed-size tensors; ``index`` -> (B,) long; ``target`` stays a list of (H,W) bool tensors.
+
+    ``input_ids`` / ``attention_mask`` are cut to the longest expression in the batch: padding words
+    change nothing (they are masked everywhere) but cost text-encoder and fusion time.
+    """
     out: dict[str, Any] = {}
     for key in batch[0]:
         values = [b[key] for b in batch]
@@ -157,4 +161,8 @@ def collate(batch: list[dict]) -> dict[str, Any]:
             out[key] = torch.tensor([int(v) for v in values], dtype=torch.long)
         else:
             out[key] = values
+    if "attention_mask" in out and out["attention_mask"].ndim == 2:
+        length = max(1, int(out["attention_mask"].sum(dim=1).max()))
+        out["input_ids"] = out["input_ids"][:, :length]
+        out["attention_mask"] = out["attention_mask"][:, :length]
     return out

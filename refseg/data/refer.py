@@ -24,11 +24,13 @@ from typing import Any, Iterable, Optional
 import cv2
 import numpy as np
 
+from ..cli import UserError
+
 # Canonical order for printing; other split names follow alphabetically.
 SPLIT_ORDER = ("train", "val", "validation", "test", "testA", "testB", "testC")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad or missing data; the message names the file and the item (ref / annotation / row).
 
     A DataError raised inside a DataLoader worker is re-raised by PyTorch as

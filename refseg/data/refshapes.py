@@ -30,7 +30,6 @@ CLI: ``python -m refseg.data.refshapes --root data --train 4000 --val 300 --test
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import functools
 import json
@@ -38,7 +37,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,6 +45,8 @@ from typing import Optional, Sequence
 
 import cv2
 import numpy as np
+
+from ..cli import ArgumentParser, UserError
 
 VERSION = 1
 DATASET_NAME = "refshapes"
@@ -91,7 +91,7 @@ NEAR_RATIO = 1.5  # "closest to": runner-up distance / winner distance
 TYPE_WEIGHTS = {"attribute": 0.8, "position": 0.8, "superlative": 2.5, "relation": 1.05}
 
 
-class RefShapesError(ValueError):
+class RefShapesError(UserError, ValueError):
     """Bad generation parameters or an unusable refshapes folder (one-line message)."""
 
 
@@ -1194,14 +1194,8 @@ def write_preview(path, out, count: int = 8, split: Optional[str] = None, column
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (no usage dump)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    p = _Parser(prog="python -m refseg.data.refshapes",
+    p = ArgumentParser(prog="python -m refseg.data.refshapes",
                 description="Generate the synthetic refshapes referring-segmentation dataset "
                             "(<root>/refshapes in the refer layout). Regenerates only when the parameters changed.")
     p.add_argument("--root", default="data", help="data root (default: data)")
@@ -1219,41 +1213,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    try:
-        from types import SimpleNamespace
+    from types import SimpleNamespace
 
-        params = dict(num_train_images=args.train, num_val_images=args.val, num_test_images=args.test,
-                      image_size=args.image_size, seed=args.seed)
-        _validate_params(*params.values())
-        if args.preview_count < 1:
-            raise RefShapesError("--preview-count must be >= 1")
-        path = ensure_refshapes(SimpleNamespace(root=args.root, refshapes=SimpleNamespace(**params)),
-                                progress=not args.no_progress, force=args.force)
-        meta = read_meta(path) or {}
-        st = meta.get("stats", {})
-        print(f"refshapes: {path}")
-        for s, c in st.get("splits", {}).items():
-            print(f"  {s:5s} images {c['images']:6d}  refs {c['refs']:6d}  sentences {c['sentences']:6d}")
-        if st:
-            print("  types: " + ", ".join(f"{k} {v:.1%}" for k, v in st["type_share"].items())
-                  + f"; targets with a same colour/shape distractor: {st['distractor_share']:.1%}"
-                  + f"; generated in {st['seconds']} s")
-        if args.verify:
-            print(f"verified: {verify_refshapes(path)} sentences name their target uniquely")
-        if args.preview:
-            print(f"preview: {write_preview(path, args.preview, args.preview_count, args.preview_split)}")
-    except (RefShapesError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"refshapes: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - one line unless --debug
-        if args.debug:
-            raise
-        print(f"refshapes: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    params = dict(num_train_images=args.train, num_val_images=args.val, num_test_images=args.test,
+                  image_size=args.image_size, seed=args.seed)
+    _validate_params(*params.values())
+    if args.preview_count < 1:
+        raise RefShapesError("--preview-count must be >= 1")
+    path = ensure_refshapes(SimpleNamespace(root=args.root, refshapes=SimpleNamespace(**params)),
+                            progress=not args.no_progress, force=args.force)
+    meta = read_meta(path) or {}
+    st = meta.get("stats", {})
+    print(f"refshapes: {path}")
+    for s, c in st.get("splits", {}).items():
+        print(f"  {s:5s} images {c['images']:6d}  refs {c['refs']:6d}  sentences {c['sentences']:6d}")
+    if st:
+        print("  types: " + ", ".join(f"{k} {v:.1%}" for k, v in st["type_share"].items())
+              + f"; targets with a same colour/shape distractor: {st['distractor_share']:.1%}"
+              + f"; generated in {st['seconds']} s")
+    if args.verify:
+        print(f"verified: {verify_refshapes(path)} sentences name their target uniquely")
+    if args.preview:
+        print(f"preview: {write_preview(path, args.preview, args.preview_count, args.preview_split)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..cli import run
+
+    run(main, prog="python -m refseg.data.refshapes")

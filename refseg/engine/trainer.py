@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..cli import UserError
-from ..utils import atomic_directory
+from ..utils import atomic_directory, recover_directory
 from .losses import SegmentationLoss
 from .schedule import parameter_groups, poly_warmup_lambda
 
@@ -109,8 +109,9 @@ class TrainerState:
 
 
 def latest_run(runs_dir: str | Path = "runs") -> Path | None:
-    """The most recently modified run directory that holds resumable state."""
-    runs = [p for p in Path(runs_dir).glob("*") if (p / "state" / TRAINER_STATE).is_file()]
+    """The most recently modified run directory that holds resumable state (used by ``--resume``)."""
+    runs = [p for p in Path(runs_dir).glob("*") if p.is_dir() and recover_directory(p / "state")
+            and (p / "state" / TRAINER_STATE).is_file()]
     return max(runs, key=lambda p: (p / "state" / TRAINER_STATE).stat().st_mtime) if runs else None
 
 
@@ -123,6 +124,8 @@ def resolve_run_dir(output_dir: str | Path | None, resume: bool) -> Path:
     """The run directory: the given one, the newest resumable run (``--resume`` alone) or a new one."""
     if output_dir is not None:
         out = Path(output_dir)
+        if resume:
+            recover_directory(out / "state")  # a kill mid-swap may have left only the previous state
         if resume and not (out / "state" / TRAINER_STATE).is_file():
             raise UserError(f"--resume: nothing to resume in {out} (no saved state there)")
         return out
@@ -218,6 +221,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         st = TrainerState.load(state_dir / TRAINER_STATE, scheduler)
         if is_main:
             print(f"resuming {out} at step {st.step}/{max_steps}")
+            _drop_records_after(out / "metrics.jsonl", st.step)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
@@ -370,6 +374,22 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Forget evaluations logged after the checkpoint we resume from: they are about to be redone."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            pass
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
 
 
 def _local_world_size() -> int:

@@ -1,7 +1,7 @@
 """LAVT's SimpleDecoding: a top-down decoder over the four fused stage maps."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,22 +21,44 @@ class SimpleDecoder(nn.Module):
         in_channels: widths of F1..F4 (strides 4, 8, 16, 32).
         hidden_dim: width of the top-down path (LAVT: C4 / 2).
         num_classes: 2 (background, object).
+        skip_channels: {stride: channels} of extra high-resolution maps (the encoder's conv stem). A
+            stride-4 map joins F1; a stride-2 map adds a last stage (width hidden_dim / 2) at stride 2.
 
-    forward([F1 (B,C1,H/4,W/4), F2, F3, F4 (B,C4,H/32,W/32)]) -> logits (B, num_classes, H/4, W/4)
+    forward([F1 (B,C1,H/4,W/4), F2, F3, F4 (B,C4,H/32,W/32)], skips {stride: (B,c,H/s,W/s)})
+        -> logits (B, num_classes, H/s, W/s), s = ``out_stride`` (4, or 2 with a stride-2 skip)
     """
 
-    def __init__(self, in_channels: Sequence[int], hidden_dim: int = 128, num_classes: int = 2):
+    def __init__(self, in_channels: Sequence[int], hidden_dim: int = 128, num_classes: int = 2,
+                 skip_channels: Optional[dict[int, int]] = None):
         super().__init__()
         c1, c2, c3, c4 = in_channels
+        skip_channels = dict(skip_channels or {})
+        self.skip_strides = [s for s in (4, 2) if s in skip_channels]
         self.fuse = nn.ModuleList([_conv_bn_relu_x2(c4 + c3, hidden_dim),
                                    _conv_bn_relu_x2(hidden_dim + c2, hidden_dim),
-                                   _conv_bn_relu_x2(hidden_dim + c1, hidden_dim)])
-        self.classifier = nn.Conv2d(hidden_dim, num_classes, 1)
+                                   _conv_bn_relu_x2(hidden_dim + c1 + skip_channels.get(4, 0), hidden_dim)])
+        width = hidden_dim
+        if 2 in skip_channels:
+            width = max(8, hidden_dim // 2)
+            self.refine = _conv_bn_relu_x2(hidden_dim + skip_channels[2], width)
+        self.out_stride = 2 if 2 in skip_channels else 4
+        self.classifier = nn.Conv2d(width, num_classes, 1)
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: Sequence[torch.Tensor], skips: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
+        skips = skips or {}
+        if any(s not in skips for s in self.skip_strides):
+            raise ValueError(f"decoder: expected stem maps at strides {self.skip_strides}, got {sorted(skips)}")
         x = feats[3]
-        for fuse, skip in zip(self.fuse, (feats[2], feats[1], feats[0])):
-            if x.shape[-2:] != skip.shape[-2:]:
-                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            x = fuse(torch.cat([x, skip.to(x.dtype)], dim=1))
+        extra = ([], [], [skips[4]] if 4 in self.skip_strides else [])
+        for fuse, skip, more in zip(self.fuse, (feats[2], feats[1], feats[0]), extra):
+            x = fuse(torch.cat([_resize_to(x, skip), skip.to(x.dtype), *[m.to(x.dtype) for m in more]], dim=1))
+        if 2 in self.skip_strides:
+            s2 = skips[2]
+            x = self.refine(torch.cat([_resize_to(x, s2), s2.to(x.dtype)], dim=1))
         return self.classifier(x)
+
+
+def _resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    if x.shape[-2:] == ref.shape[-2:]:
+        return x
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)

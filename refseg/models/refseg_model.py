@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cli import UserError
 from ..config import Config, ConfigError, load_config
 from ..utils import atomic_directory, first_line
 from .crossvit import CrossViTBranch
@@ -36,7 +37,7 @@ TEXT_DIR = "text"
 TOKENIZER_DIR = "tokenizer"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint directory is missing, incomplete or corrupt (one-line message)."""
 
 
@@ -90,7 +91,8 @@ class RefSegModel(nn.Module):
         c = m.crossvit
         self.crossvit = CrossViTBranch(dims, self.encoder.stage_heads, patch_size=c.patch_size, embed_dim=c.embed_dim,
                                        depth=c.depth, num_heads=c.num_heads, block=c.block) if c.enabled else None
-        self.decoder = SimpleDecoder(dims, hidden_dim=m.decoder.hidden_dim)
+        skips = {k: v for k, v in self.encoder.stem_channels.items() if k in (2, 4)} if m.decoder.stem_skips else None
+        self.decoder = SimpleDecoder(dims, hidden_dim=m.decoder.hidden_dim, skip_channels=skips)
         mult = self.encoder.pad_multiple
         if self.crossvit is not None:
             mult = mult * self.crossvit.patch_size // math.gcd(mult, self.crossvit.patch_size)
@@ -100,15 +102,16 @@ class RefSegModel(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                         attention_mask: torch.Tensor) -> list[torch.Tensor]:
+                         attention_mask: torch.Tensor, return_stem: bool = False):
         """The 4 fused stage maps [F1..F4], F_i (B, C_i, H'/s_i, W'/s_i), s = 4/8/16/32.
 
-        H', W' are H, W padded (bottom/right, zeros) to multiples of ``pad_multiple``.
+        H', W' are H, W padded (bottom/right, zeros) to multiples of ``pad_multiple``. With
+        ``return_stem`` also the encoder stem's maps {stride: (B, c, H'/stride, W'/stride)}.
         """
         words = self.text_encoder(input_ids, attention_mask)  # (B, T, Dt)
         mask = attention_mask
         x = self._pad(pixel_values)
-        tokens, (H, W) = self.encoder.embed(x)
+        tokens, (H, W), stem = self.encoder.embed(x, return_stem=True)
         cls = tb = hwb = None
         if self.crossvit is not None:
             tb, hwb = self.crossvit.embed(x)
@@ -125,16 +128,17 @@ class RefSegModel(nn.Module):
             if i < 3:
                 tokens = tokens + self.gates[i](fused) * fused
             feats.append(self.encoder.stage_output(i, self.norms[i](fused), H, W))
-        return feats
+        return (feats, stem) if return_stem else feats
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W), (B,T), (B,T) -> logits (B, 2, H, W) at the input size."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
         H, W = pixel_values.shape[-2:]
-        feats = self.forward_features(pixel_values, input_ids, attention_mask)
-        logits = self.decoder(feats)  # (B, 2, H'/4, W'/4)
-        Hp, Wp = logits.shape[-2] * 4, logits.shape[-1] * 4
+        feats, stem = self.forward_features(pixel_values, input_ids, attention_mask, return_stem=True)
+        logits = self.decoder(feats, stem)  # (B, 2, H'/s, W'/s), s = decoder.out_stride (4 or 2)
+        s = self.decoder.out_stride
+        Hp, Wp = logits.shape[-2] * s, logits.shape[-1] * s
         logits = F.interpolate(logits, size=(Hp, Wp), mode="bilinear", align_corners=True)
         return logits[:, :, :H, :W]
 

@@ -119,6 +119,19 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
+def run_stem(stem: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run a conv stem (conv, act, conv, act, ..., conv); also return each activation's output map.
+
+    Returns (stem(x), [maps after each activation, finest first]); the same values as ``stem(x)``.
+    """
+    taps = []
+    for layer in stem:
+        x = layer(x)
+        if not isinstance(layer, nn.Sequential):  # the activations between the conv+BN pairs
+            taps.append(x)
+    return x, taps
+
+
 def _tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """(B, H*W, C) -> (B, C, H, W)."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)
@@ -183,14 +196,25 @@ class XCiTColumnar(nn.Module):
         self.out_channels = [dim] * 4
         self.out_strides = [4, 8, 16, 32]
         self.stage_heads = [heads] * 4
+        # timm ConvPatchEmbed widths: p8 dim/4, dim/2 (strides 2, 4); p16 dim/8, dim/4, dim/2 (2, 4, 8)
+        self.stem_channels = {2: dim // 8, 4: dim // 4, 8: dim // 2} if patch == 16 else {2: dim // 4, 4: dim // 2}
         self.pad_multiple = 32
 
     # -- stage-wise API -----------------------------------------------------------------------
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B,3,H,W) image -> patch tokens (B, Hp*Wp, C) with Fourier positions added, and (Hp, Wp)."""
-        x, (Hp, Wp) = self.patch_embed(x)
+    def embed(self, x: torch.Tensor, return_stem: bool = False):
+        """(B,3,H,W) image -> patch tokens (B, Hp*Wp, C) with Fourier positions added, and (Hp, Wp).
+
+        With ``return_stem`` also a dict {stride: map} of the conv stem's inner activations
+        (strides 2, 4 (, 8 for p16); channels in ``stem_channels``).
+        """
+        x, taps = run_stem(self.patch_embed.proj, x)  # = timm ConvPatchEmbed.forward, keeping the taps
+        Hp, Wp = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
         pos = self.pos_embed(1, Hp, Wp).flatten(2).transpose(1, 2)  # (1, N, C)
-        return x + pos.to(x.dtype), (Hp, Wp)
+        tokens = x + pos.to(x.dtype)
+        if return_stem:
+            return tokens, (Hp, Wp), {2 ** (k + 1): t for k, t in enumerate(taps)}
+        return tokens, (Hp, Wp)
 
     def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
         """Run the blocks of stage ``i`` on tokens (B, Hp*Wp, C); an optional CLS (B,1,C) goes along.
@@ -287,15 +311,18 @@ class XCiTHierarchical(nn.Module):
         self.out_channels = dims
         self.out_strides = [4, 8, 16, 32]
         self.stage_heads = heads
+        self.stem_channels = {2: dims[0] // 2}  # its stride-4 features are stage 1 itself
         self.pad_multiple = 32
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B,3,H,W) -> stride-4 tokens (B, H/4*W/4, dims[0]) with Fourier positions, and (H/4, W/4)."""
-        x = self.patch_embed(x)
+    def embed(self, x: torch.Tensor, return_stem: bool = False):
+        """(B,3,H,W) -> stride-4 tokens (B, H/4*W/4, dims[0]) with Fourier positions, and (H/4, W/4);
+        with ``return_stem`` also {2: the stem's stride-2 activation}."""
+        x, taps = run_stem(self.patch_embed, x)
         Hp, Wp = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         pos = self.pos_embed(1, Hp, Wp).flatten(2).transpose(1, 2)
-        return x + pos.to(x.dtype), (Hp, Wp)
+        tokens = x + pos.to(x.dtype)
+        return (tokens, (Hp, Wp), {2: taps[0]}) if return_stem else (tokens, (Hp, Wp))
 
     def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
         """Stage ``i``: patch merging (i > 0) then its XCA blocks.

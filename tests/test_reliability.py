@@ -1,0 +1,202 @@
+"""Reliability: huge images in bounded memory, --debug on every CLI, files that try to run code."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_script
+
+
+# ---------------------------------------------------------------------------------------------
+# Huge images
+# ---------------------------------------------------------------------------------------------
+
+
+def test_huge_image_demo_bounded_memory(trained_run, tmp_path):
+    """A 6000x4000 photo: overlay and mask at full size, peak memory a few times the image itself."""
+    import cv2
+
+    _, out, _ = trained_run
+    rng = np.random.default_rng(0)
+    small, huge = tmp_path / "small.jpg", tmp_path / "huge.jpg"
+    cv2.imwrite(str(small), rng.integers(0, 255, (400, 600, 3), dtype=np.uint8))
+    cv2.imwrite(str(huge), cv2.resize(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), (6000, 4000)))
+    # One process runs the demo on the small photo, then on the huge one: the growth of its peak RSS
+    # is what the huge photo costs beyond the model and libraries.
+    script = textwrap.dedent(f"""
+        import importlib.util, resource, sys
+        spec = importlib.util.spec_from_file_location("demo", {str(REPO / 'demo.py')!r})
+        demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        common = ["--text", "the red circle", "--checkpoint", {str(out / 'best')!r}, "--device", "cpu"]
+        assert demo.main(["--image", {str(small)!r}, "--out", {str(tmp_path / 's.png')!r}, *common]) == 0
+        base = peak()
+        assert demo.main(["--image", {str(huge)!r}, "--out", {str(tmp_path / 'h.png')!r},
+                          "--mask", {str(tmp_path / 'hm.png')!r}, *common]) == 0
+        print("GROWTH", peak() - base)
+    """)
+    r = run_script(["-c", script])
+    assert r.returncode == 0, r.stderr[-3000:]
+    growth = int(r.stdout.split("GROWTH")[-1].split()[0])
+    image_bytes = 6000 * 4000 * 3
+    # Measured: about 2.8x the RGB bytes (decode, mask margin, overlay, PNG encode); the old
+    # float32 overlay alone took 8x.
+    assert growth < 5 * image_bytes, f"peak memory grew by {growth / 2**20:.0f} MiB"
+    assert cv2.imread(str(tmp_path / "h.png")).shape == (4000, 6000, 3)
+    assert cv2.imread(str(tmp_path / "hm.png"), cv2.IMREAD_GRAYSCALE).shape == (4000, 6000)
+
+
+def test_overlay_blend_matches_the_float_formula():
+    """The banded uint8 blend equals image*(1-a) + tint*a, rounded, inside the mask; untouched outside."""
+    from refseg.visualize import TINT, overlay
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (600, 40, 3), dtype=np.uint8)
+    mask = np.zeros((600, 40), bool)
+    mask[10:300, 5:20] = mask[250:590, 15:38] = True  # spans several 256-row bands
+    got = overlay(image, mask, text=None, alpha=0.45)
+    want = np.round(image.astype(np.float64) * 0.55 + np.array(TINT) * 0.45)
+    import cv2
+
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)  # off the outline
+    assert np.abs(got[inner].astype(int) - want[inner]).max() <= 1
+    assert (got[:, 0] == image[:, 0]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# --debug on every command line
+# ---------------------------------------------------------------------------------------------
+
+CLI_BAD_INPUTS = {
+    "demo": ["demo.py", "--image", "/no/such/image.jpg", "--text", "the dog"],
+    "evaluate": ["evaluate.py", "--checkpoint", "/no/such/checkpoint", "--split", "val"],
+    "train": ["train.py", "train.max_stepz=3"],
+    "refshapes": ["-m", "refseg.data.refshapes", "--train", "-3", "--root", "/tmp/never-written"],
+    "check": ["-m", "refseg.data.check", "--data-root", "/no/such/data"],
+}
+
+
+@pytest.mark.parametrize("cli", sorted(CLI_BAD_INPUTS))
+def test_bad_input_is_one_line_and_debug_shows_the_traceback(cli):
+    args = CLI_BAD_INPUTS[cli]
+    r = run_script(args)
+    assert r.returncode == 2, (cli, r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    r = run_script([*args, "--debug"])
+    assert r.returncode != 0 and "Traceback (most recent call last)" in r.stderr, r.stderr[-2000:]
+
+
+def test_usage_errors_are_one_line():
+    r = run_script(["evaluate.py", "--checkpoint", "x"])  # --split missing
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["evaluate.py: error: the following arguments are required: --split "
+                                             "(see --help)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that try to run code
+# ---------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs `touch marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _payload_bytes(marker) -> bytes:
+    return pickle.dumps({"weight": _Payload(marker)})
+
+
+@pytest.fixture
+def checkpoint_copy(trained_run, tmp_path):
+    _, out, _ = trained_run
+    ck = tmp_path / "ckpt"
+    shutil.copytree(out / "best", ck)
+    return ck
+
+
+def test_pickle_in_place_of_safetensors_is_refused(checkpoint_copy, tmp_path):
+    from refseg.models import CheckpointError, load_checkpoint
+
+    marker = tmp_path / "pwned"
+    (checkpoint_copy / "model.safetensors").write_bytes(_payload_bytes(marker))
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_checkpoint(checkpoint_copy)
+    assert not marker.exists()
+
+
+def test_python_tag_in_config_yaml_is_refused(checkpoint_copy, tmp_path):
+    from refseg.models import CheckpointError, load_checkpoint
+
+    marker = tmp_path / "pwned"
+    (checkpoint_copy / "config.yaml").write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(CheckpointError, match="not valid YAML"):
+        load_checkpoint(checkpoint_copy)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("model_type", ["bert", "evil-model"])
+def test_remote_code_in_the_text_config_never_runs(checkpoint_copy, tmp_path, model_type):
+    """text/config.json pointing at custom code (auto_map): the code is never imported."""
+    from refseg.models import CheckpointError, load_checkpoint
+
+    marker = tmp_path / "pwned"
+    code = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+    for name in ("configuration_evil.py", "modeling_evil.py"):
+        (checkpoint_copy / "text" / name).write_text(code)
+    cfg_path = checkpoint_copy / "text" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model_type"] = model_type
+    cfg["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}
+    cfg_path.write_text(json.dumps(cfg))
+    if model_type == "bert":  # a known architecture: loads with transformers' own code
+        model, _ = load_checkpoint(checkpoint_copy)
+        assert type(model.text_encoder.model).__module__.startswith("transformers.")
+    else:
+        with pytest.raises(CheckpointError):
+            load_checkpoint(checkpoint_copy)
+    assert not marker.exists()
+
+
+def test_pickle_payload_as_text_encoder_weights_is_refused(tmp_path):
+    """A local text-encoder folder whose pytorch_model.bin runs code: weights_only refuses it."""
+    from transformers import BertConfig
+
+    from refseg.models.text import TextEncoder
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "text"
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+               vocab_size=100).save_pretrained(str(folder))
+    (folder / "pytorch_model.bin").write_bytes(_payload_bytes(marker))
+    with pytest.raises(Exception):
+        TextEncoder(str(folder))
+    assert not marker.exists()
+
+
+def test_pickle_payload_as_vision_weights_is_refused(tmp_path):
+    """model.vision.pretrained=<.pth that runs code>: torch.load(weights_only=True) refuses it."""
+    import torch
+
+    from refseg.models.xcit import XCiTColumnar, load_xcit_pretrained
+
+    marker = tmp_path / "pwned"
+    for suffix in (".pth", ".bin", ".pt"):
+        path = tmp_path / f"evil{suffix}"
+        torch.save({"model": {"w": torch.zeros(1)}, "x": _Payload(marker)}, str(path))
+        enc = XCiTColumnar("xcit_nano_12_p8", embed_dim=32, depth=4, num_heads=2)
+        with pytest.raises(ValueError, match="cannot read"):
+            load_xcit_pretrained(enc, str(path))
+        assert not marker.exists()
