@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""How a checkpoint's IoU is distributed over a split: histogram in tenths, mean IoU of hits / misses.
+
+    python benchmarks/iou_distribution.py runs/default/best [--split val] [--data-root data]
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint", help="checkpoint directory")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--data-root", default=None, help="default: the checkpoint's data.root")
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    from refseg.data.dataset import RefSegDataset, open_source
+    from refseg.engine.evaluate import score_positions
+    from refseg.models import load_checkpoint
+
+    model, tok = load_checkpoint(args.checkpoint)
+    cfg = model.config
+    if args.data_root:
+        cfg.data.root = args.data_root
+    ds = RefSegDataset(open_source(cfg.data), args.split, tok, cfg.data.image_size, cfg.model.text.max_tokens)
+    ious = np.array(list(score_positions(model, ds, list(range(len(ds))), torch.device("cpu"),
+                                         args.batch_size).ious().values()))
+    hit = ious > 0.5
+    print(f"{len(ious)} expressions: mIoU {100 * ious.mean():.2f}, P@0.5 {100 * hit.mean():.2f}, "
+          f"mean IoU of hits {100 * ious[hit].mean():.1f}, of misses {100 * ious[~hit].mean():.1f}")
+    print("IoU histogram (tenths):", np.histogram(ious, bins=10, range=(0, 1))[0].tolist())
+
+
+if __name__ == "__main__":
+    main()
