@@ -5,19 +5,21 @@
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    from refseg.cli import ArgumentParser, quiet_libraries
+
+    quiet_libraries()
+    ap = ArgumentParser(prog="iou_distribution.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", help="checkpoint directory")
     ap.add_argument("--split", default="val")
     ap.add_argument("--data-root", default=None, help="default: the checkpoint's data.root")
     ap.add_argument("--batch-size", type=int, default=32)
-    args = ap.parse_args()
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = ap.parse_args(argv)
     from refseg.data.dataset import RefSegDataset, open_source
     from refseg.engine.evaluate import score_positions
     from refseg.models import load_checkpoint
@@ -33,7 +35,10 @@ def main() -> None:
     print(f"{len(ious)} expressions: mIoU {100 * ious.mean():.2f}, P@0.5 {100 * hit.mean():.2f}, "
           f"mean IoU of hits {100 * ious[hit].mean():.1f}, of misses {100 * ious[~hit].mean():.1f}")
     print("IoU histogram (tenths):", np.histogram(ious, bins=10, range=(0, 1))[0].tolist())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from refseg.cli import run
+
+    run(main, prog="iou_distribution.py")

@@ -19,6 +19,18 @@ import torch.nn.functional as F
 from .data.transforms import encode_text, preprocess_image
 
 
+def object_margin(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, 2, h, w) logits -> (K, H, W) object-minus-background logit, bilinearly resized to ``size``.
+
+    Bilinear resizing is linear, so resizing the margin equals the margin of the resized logits, with
+    half the memory on large photos. The mask is ``margin > 0`` (argmax; ties go to background).
+    """
+    margin = logits[:, 1:] - logits[:, :1]
+    if tuple(margin.shape[-2:]) != tuple(size):
+        margin = F.interpolate(margin, size=tuple(size), mode="bilinear", align_corners=False)
+    return margin[:, 0]
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -79,23 +91,17 @@ class Predictor:
             return self.model(pixels.expand(len(texts), -1, -1, -1), ids.to(self.device),
                               mask.to(self.device)).float()
 
-    def _upsample(self, x: torch.Tensor, image: np.ndarray, single: bool) -> torch.Tensor:
-        with torch.inference_mode():
-            x = F.interpolate(x, size=image.shape[:2], mode="bilinear", align_corners=False).cpu()
-        return x[0] if single else x
-
     def predict_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
         """Logits at the image size: (2, H, W) for one expression, (K, 2, H, W) for K expressions. float32, CPU."""
-        return self._upsample(self._model_logits(image, text), image, isinstance(text, str))
+        with torch.inference_mode():
+            logits = F.interpolate(self._model_logits(image, text), size=image.shape[:2], mode="bilinear",
+                                   align_corners=False).cpu()
+        return logits[0] if isinstance(text, str) else logits
 
     def _margin(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
-        """Object-minus-background logit at the image size, (H, W) or (K, H, W).
-
-        Bilinear upsampling is linear, so upsampling the margin equals the margin of the upsampled
-        logits, with half the memory on large photos.
-        """
-        logits = self._model_logits(image, text)
-        margin = self._upsample(logits[:, 1:] - logits[:, :1], image, single=False)[:, 0]  # (K, H, W)
+        """Object-minus-background logit at the image size, (H, W) or (K, H, W), CPU."""
+        with torch.inference_mode():
+            margin = object_margin(self._model_logits(image, text), image.shape[:2]).cpu()
         return margin[0] if isinstance(text, str) else margin
 
     def predict_proba(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> np.ndarray:

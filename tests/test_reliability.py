@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import textwrap
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_script
+from test_refer import _Evil  # unpickling it runs `touch marker`
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,18 +105,8 @@ def test_usage_errors_are_one_line():
 # ---------------------------------------------------------------------------------------------
 
 
-class _Payload:
-    """Unpickling this runs `touch marker`."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _payload_bytes(marker) -> bytes:
-    return pickle.dumps({"weight": _Payload(marker)})
+    return pickle.dumps({"weight": _Evil(marker)})
 
 
 @pytest.fixture
@@ -195,7 +185,7 @@ def test_pickle_payload_as_vision_weights_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     for suffix in (".pth", ".bin", ".pt"):
         path = tmp_path / f"evil{suffix}"
-        torch.save({"model": {"w": torch.zeros(1)}, "x": _Payload(marker)}, str(path))
+        torch.save({"model": {"w": torch.zeros(1)}, "x": _Evil(marker)}, str(path))
         enc = XCiTColumnar("xcit_nano_12_p8", embed_dim=32, depth=4, num_heads=2)
         with pytest.raises(ValueError, match="cannot read"):
             load_xcit_pretrained(enc, str(path))

@@ -17,12 +17,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..data.dataset import collate
 from ..data.refer import DataError
 from ..metrics import SegMetrics
+from ..predictor import object_margin
 
 
 def text_derangement(ref_ids: Sequence[int], seed: int = 0) -> list[int]:
@@ -79,9 +79,7 @@ def _autocast(device: torch.device):
 
 def _predict(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(2, h, w) logits -> (H, W) bool prediction (argmax; ties go to background)."""
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    return logits[1] > logits[0]
+    return object_margin(logits[None], size)[0] > 0
 
 
 def score_positions(model, base, positions: Sequence[int], device: torch.device, batch_size: int = 16,
