@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""How a checkpoint's IoU is distributed over a split: histogram in tenths, mean IoU of hits / misses.
+"""How a checkpoint's IoU is distributed over a split: histogram in tenths, mean IoU of hits / misses,
+and mIoU by target size (thirds of the split by mask area) and expression type.
 
     python benchmarks/iou_distribution.py runs/default/best [--split val] [--data-root data]
 """
@@ -29,12 +30,25 @@ def main(argv=None) -> int:
     if args.data_root:
         cfg.data.root = args.data_root
     ds = RefSegDataset(open_source(cfg.data), args.split, tok, cfg.data.image_size, cfg.model.text.max_tokens)
-    ious = np.array(list(score_positions(model, ds, list(range(len(ds))), torch.device("cpu"),
-                                         args.batch_size).ious().values()))
+    by_pos = score_positions(model, ds, list(range(len(ds))), torch.device("cpu"), args.batch_size).ious()
+    ious = np.array([by_pos[i] for i in range(len(ds))])
     hit = ious > 0.5
     print(f"{len(ious)} expressions: mIoU {100 * ious.mean():.2f}, P@0.5 {100 * hit.mean():.2f}, "
           f"mean IoU of hits {100 * ious[hit].mean():.1f}, of misses {100 * ious[~hit].mean():.1f}")
     print("IoU histogram (tenths):", np.histogram(ious, bins=10, range=(0, 1))[0].tolist())
+    # target size: visible mask area in the original image, split into thirds
+    samples = [ds.samples[i] for i in range(len(ds))]
+    area = np.array([float(ds.source.load_mask(s).sum()) for s in samples])
+    types = np.array([s.expr_type or "-" for s in samples])
+    cuts = np.percentile(area, [100 / 3, 200 / 3])
+    for name, sel in (("small", area < cuts[0]), ("medium", (area >= cuts[0]) & (area < cuts[1])),
+                      ("large", area >= cuts[1])):
+        v = ious[sel]
+        per_type = ", ".join(f"{t} {100 * ious[sel & (types == t)].mean():.1f}"
+                             for t in sorted(set(types[sel])) if t != "-")
+        print(f"{name:6s} targets ({area[sel].min():.0f}-{area[sel].max():.0f} px): mIoU {100 * v.mean():.1f}, "
+              f"P@0.5 {100 * (v > 0.5).mean():.1f}, hits {100 * v[v > 0.5].mean():.1f}"
+              + (f"  ({per_type})" if per_type else ""))
     return 0
 
 

@@ -197,3 +197,38 @@ def test_stem_skips_decoder_predicts_at_stride_2(tok, arch):
     out.square().mean().backward()
     # the stride-2 stem activation reaches the loss through the decoder's last stage
     assert m.decoder.refine[0].weight.grad.abs().sum() > 0
+
+
+def test_refiner_starts_as_the_plain_decoder_and_learns(tok):
+    torch.manual_seed(0)
+    plain = build_model(_cfg("model.decoder.refine_channels=0")).eval()
+    refined = build_model(_cfg("model.decoder.refine_channels=8")).eval()
+    assert plain.refiner is None and refined.refiner is not None
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("refiner.") for k in missing)
+    ids, mask = _text(tok, ["the red circle", "a square"])
+    x = torch.randn(2, 3, 61, 97)
+    with torch.no_grad():
+        a, b = plain(x, ids, mask), refined(x, ids, mask)
+    # zero-initialised last conv: same logits at the start (up to the refiner's half-size round trip)
+    assert b.shape == a.shape == (2, 2, 61, 97)
+    assert torch.allclose(a, b, atol=0.15 * a.abs().max().item())
+    refined.train()
+    opt = torch.optim.SGD(refined.refiner.parameters(), lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        refined(x, ids, mask)[:, 1].mean().backward()
+        opt.step()
+    assert refined.refiner.body[0].weight.grad.abs().sum() > 0  # the image branch trains
+    with torch.no_grad():
+        assert not torch.allclose(refined.eval()(x, ids, mask), b)
+
+
+def test_frozen_text_encoder_has_no_dropout_trainable_one_does(tok):
+    ids, mask = _text(tok, ["the red circle on the left"])
+    m = build_model(_cfg()).train()
+    assert m.text_encoder.frozen and not m.text_encoder.model.training
+    assert torch.equal(m.text_encoder(ids, mask), m.text_encoder(ids, mask))
+    ft = build_model(_cfg("model.text.trainable_layers=[0]")).train()
+    assert ft.text_encoder.model.training  # LAVT fine-tunes BERT with its dropout
+    assert not ft.eval().text_encoder.model.training

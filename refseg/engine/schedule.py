@@ -33,15 +33,33 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float,
     return out
 
 
-def poly_warmup_lambda(total_steps: int, warmup_steps: int, power: float):
-    """LR factor at optimiser step t: linear warm-up, then (1 - t/T)^power (LAVT's poly)."""
-    total_steps = max(1, total_steps)
-    warmup_steps = max(0, min(warmup_steps, total_steps - 1))
+def poly_warmup_lambda(total_steps, warmup_steps: int, power: float):
+    """LR factor at optimiser step t: linear warm-up, then (1 - t/T)^power (LAVT's poly).
+
+    ``total_steps``: T, or a function returning it (a schedule fitted to a time budget changes T
+    while it runs).
+    """
+    total = total_steps if callable(total_steps) else (lambda: total_steps)
 
     def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        total_steps = max(1, total())
+        warm = max(0, min(warmup_steps, total_steps - 1))
+        if warm and step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
         return max(0.0, 1.0 - progress) ** power
 
     return factor
+
+
+def steps_within_budget(step: int, remaining_s: float, step_s: float, eval_s: float, eval_every: int,
+                        final_eval_s: float) -> int:
+    """Total optimiser steps that fit the rest of a wall-clock budget (``train.max_minutes``).
+
+    step: steps done; remaining_s: seconds left of the budget; step_s: measured seconds per step
+    (checkpoint saves included); eval_s: seconds per periodic evaluation, one every ``eval_every``
+    steps; final_eval_s: the final evaluation. Returns at least ``step + 1``.
+    """
+    per_step = step_s + (eval_s / eval_every if eval_every else 0.0)
+    left = (remaining_s - final_eval_s) / max(per_step, 1e-9)
+    return step + max(1, int(left))

@@ -29,7 +29,7 @@ from ..config import Config
 from ..cli import UserError
 from ..utils import atomic_directory, recover_directory
 from .losses import SegmentationLoss
-from .schedule import parameter_groups, poly_warmup_lambda
+from .schedule import parameter_groups, poly_warmup_lambda, steps_within_budget
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -94,6 +94,7 @@ class TrainerState:
     best_step: int = -1
     skipped_steps: int = 0
     elapsed: float = 0.0  # seconds of training, summed over resumes
+    planned_steps: int = 0  # schedule length fitted to train.max_minutes (0: not fitted yet)
 
     def save(self, path: Path, scheduler) -> None:
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
@@ -203,15 +204,18 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
         raise UserError(f"the training split has {len(train_ds)} refs: fewer than one global batch "
                         f"({tc.batch_size} x {world} processes)")
     steps_per_epoch = max(1, per_epoch // tc.gradient_accumulation_steps)
-    max_steps = tc.max_epochs * steps_per_epoch if tc.max_epochs else tc.max_steps
+    # budget: the schedule is fitted to train.max_minutes as the run measures its own speed
+    budget = tc.max_minutes * 60.0 if (tc.max_epochs is None and tc.max_steps is None) else None
+    max_steps = tc.max_epochs * steps_per_epoch if tc.max_epochs else (tc.max_steps or 10**9)
 
     # ---- model and optimiser ----------------------------------------------------------------
     model = build_model(cfg, load_pretrained=not resume)
     criterion = SegmentationLoss(cfg.loss.class_weights, cfg.loss.dice_weight)
+    # fused: one kernel per step instead of a Python loop over ~500 tensors (6x faster on CPU)
     optimizer = torch.optim.AdamW(parameter_groups(model, tc.lr, tc.weight_decay, tc.text_lr),
-                                  lr=tc.lr, weight_decay=tc.weight_decay)
+                                  lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_warmup_lambda(max_steps, tc.warmup_steps, tc.poly_power))
+        optimizer, poly_warmup_lambda(lambda: max_steps, tc.warmup_steps, tc.poly_power))
     model, optimizer = accelerator.prepare(model, optimizer)
     criterion = criterion.to(accelerator.device)
 
@@ -219,6 +223,8 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     if resume:
         accelerator.load_state(str(state_dir))
         st = TrainerState.load(state_dir / TRAINER_STATE, scheduler)
+        if budget is not None and st.planned_steps:
+            max_steps, budget = st.planned_steps, None  # keep the resumed run's schedule
         if is_main:
             print(f"resuming {out} at step {st.step}/{max_steps}")
             _drop_records_after(out / "metrics.jsonl", st.step)
@@ -245,7 +251,31 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             shutil.rmtree(staging, ignore_errors=True)
         accelerator.wait_for_everyone()
 
+    eval_times: list[float] = []
+    fit_anchor: list[tuple[int, float]] = []  # (step, st.elapsed) once the loader is warm
+
+    def plan_steps() -> None:
+        """Fit max_steps to what is left of the time budget (all processes get the same number)."""
+        nonlocal max_steps
+        (s0, e0), = fit_anchor
+        step_s = (st.elapsed - e0) / max(1, st.step - s0)
+        per_image = step_s / (tc.batch_size * world * tc.gradient_accumulation_steps)
+        # before the first evaluation: forward-only at eval.batch_size runs ~3x faster than training
+        eval_s = (sum(eval_times) / len(eval_times)) if eval_times else 0.4 * per_image * len(val_subset) / world
+        final_s = eval_s * len(val_ds) / max(1, len(val_subset))
+        planned = [steps_within_budget(st.step, budget - (time.time() - t_start), step_s, eval_s,
+                                       tc.eval_every, final_s)]
+        if world > 1:
+            broadcast_object_list(planned, from_process=0)
+        if planned[0] != max_steps and is_main:
+            bar.write(f"step {st.step}: {step_s:.2f} s/step, {planned[0]} steps fit train.max_minutes="
+                      f"{tc.max_minutes:g}" + ("" if max_steps == 10**9 else f" (was {max_steps})"))
+        max_steps = st.planned_steps = planned[0]
+        bar.total = max_steps
+        bar.refresh()
+
     def run_eval(final: bool = False) -> dict:
+        t_eval = time.time()
         ds = val_ds if final else val_subset
         model.eval()
         res = evaluate(unwrapped, ds, accelerator=accelerator, batch_size=cfg.eval.batch_size,
@@ -262,11 +292,13 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                 st.best_metric, st.best_step = res["mIoU"], st.step
                 unwrapped.save_pretrained(out / "best", tokenizer=tokenizer)
         accelerator.wait_for_everyone()
+        if not final:
+            eval_times.append(time.time() - t_eval)
         return res
 
     # ---- loop ------------------------------------------------------------------------------
     model.train()
-    bar = tqdm(total=max_steps, initial=st.step, disable=not (progress and is_main), desc="train",
+    bar = tqdm(total=None if max_steps == 10**9 else max_steps, initial=st.step, disable=not (progress and is_main), desc="train",
                dynamic_ncols=True, smoothing=0.05)
     ema_loss, images_seen = None, 0
     tick = window_start = time.time()
@@ -328,11 +360,18 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                                  "train/images_per_s": ips}, step=st.step)
             tick = now
             bar.update(1)
+            if budget is not None:
+                if not fit_anchor and st.step >= 10:
+                    fit_anchor.append((st.step, st.elapsed))  # timing starts once the loader is warm
+                if fit_anchor and st.step == max(tc.warmup_steps, fit_anchor[0][0] + 20):
+                    plan_steps()
             if st.step % tc.eval_every == 0 and st.step < max_steps:
                 res = run_eval()
                 tick = window_start = time.time()  # evaluation time is not training time
                 if is_main:
                     bar.write(f"step {st.step}: val mIoU {res['mIoU']:.2f}  oIoU {res['oIoU']:.2f}")
+                if budget is not None and st.planned_steps:
+                    plan_steps()  # refit with the evaluation's measured cost
             if st.step % tc.checkpoint_every == 0 or st.step == max_steps:
                 if st.batches_in_epoch >= sampler.global_batches():
                     st.epoch, st.batches_in_epoch = st.epoch + 1, 0

@@ -1,6 +1,6 @@
 """RefSegModel: LAVT-style referring segmentation with an XCiT encoder and a CrossViT branch.
 
-    image ─► XCiT stage i ─► [CrossViT CLS exchange] ─► PWAM_i(words) ─► F_i ─┬─► LayerNorm_i ─► resample ─► decoder
+    image ─► XCiT stage i ─► [CrossViT CLS exchange] ─► PWAM_i(words) ─► F_i ─┬─► LayerNorm_i ─► resample ─► decoder ─► refiner(image)
                  ▲                                                               │
                  └──────── V + gate_i(F_i) * F_i (stages 1-3) ◄──────────────────┘
 
@@ -26,7 +26,7 @@ from ..cli import UserError
 from ..config import Config, ConfigError, load_config
 from ..utils import atomic_directory, first_line
 from .crossvit import CrossViTBranch
-from .decoder import SimpleDecoder
+from .decoder import MaskRefiner, SimpleDecoder
 from .pwam import PWAM, LanguageGate
 from .text import TextEncoder, load_tokenizer
 from .xcit import XCiTColumnar, XCiTHierarchical, load_xcit_pretrained
@@ -93,6 +93,8 @@ class RefSegModel(nn.Module):
                                        depth=c.depth, num_heads=c.num_heads, block=c.block) if c.enabled else None
         skips = {k: v for k, v in self.encoder.stem_channels.items() if k in (2, 4)} if m.decoder.stem_skips else None
         self.decoder = SimpleDecoder(dims, hidden_dim=m.decoder.hidden_dim, skip_channels=skips)
+        rc = m.decoder.refine_channels
+        self.refiner = MaskRefiner(rc) if rc else None
         mult = self.encoder.pad_multiple
         if self.crossvit is not None:
             mult = mult * self.crossvit.patch_size // math.gcd(mult, self.crossvit.patch_size)
@@ -135,12 +137,13 @@ class RefSegModel(nn.Module):
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
         H, W = pixel_values.shape[-2:]
-        feats, stem = self.forward_features(pixel_values, input_ids, attention_mask, return_stem=True)
+        x = self._pad(pixel_values)
+        feats, stem = self.forward_features(x, input_ids, attention_mask, return_stem=True)
         logits = self.decoder(feats, stem)  # (B, 2, H'/s, W'/s), s = decoder.out_stride (4 or 2)
-        s = self.decoder.out_stride
-        Hp, Wp = logits.shape[-2] * s, logits.shape[-1] * s
-        logits = F.interpolate(logits, size=(Hp, Wp), mode="bilinear", align_corners=True)
-        return logits[:, :, :H, :W]
+        if self.refiner is not None:
+            half = (x.shape[-2] // 2, x.shape[-1] // 2)  # H', W' are multiples of pad_multiple (>= 16)
+            logits = self.refiner(_resize(logits, half), F.avg_pool2d(x, 2))
+        return _resize(logits, x.shape[-2:])[:, :, :H, :W]
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
@@ -211,6 +214,11 @@ class RefSegModel(nn.Module):
                                   f"({len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
         model._tokenizer_dir = str(path / TOKENIZER_DIR)
         return model.to(map_location).eval()
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    size = tuple(size)
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 def build_model(cfg: Config, load_pretrained: bool = True) -> RefSegModel:

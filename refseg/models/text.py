@@ -82,6 +82,15 @@ class TextEncoder(nn.Module):
             for p in self.model.embeddings.parameters():
                 p.requires_grad = True
         self.frozen = not any(p.requires_grad for p in self.model.parameters())
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        # A frozen encoder is a fixed feature extractor: no dropout on its features, even while the
+        # rest of the model trains (fine-tuned layers keep BERT's dropout, as in LAVT).
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
 
     def _layers(self):
         enc = getattr(self.model, "encoder", None)
