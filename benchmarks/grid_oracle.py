@@ -10,19 +10,21 @@ would score.
 """
 from __future__ import annotations
 
-import argparse
 
 from _common import load_cfg
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    from refseg.cli import ArgumentParser
+
+    ap = ArgumentParser(prog="grid_oracle.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--dataset", default=None, help="default: the default config's data.name")
     ap.add_argument("--split", default="val")
     ap.add_argument("--image-size", type=int, default=None, help="model input size (default: the config's)")
     ap.add_argument("--strides", type=int, nargs="+", default=[8, 4, 2, 1])
-    args = ap.parse_args()
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = ap.parse_args(argv)
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -56,4 +58,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from refseg.cli import run
+
+    run(main, prog="grid_oracle.py")

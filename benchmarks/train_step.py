@@ -10,22 +10,24 @@ for-loop and the fused implementation (the trainer uses fused), median of --repe
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 from _common import build_random_model, fake_text, load_cfg
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    from refseg.cli import ArgumentParser
+
+    ap = ArgumentParser(prog="train_step.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's train.batch_size")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = ap.parse_args(argv)
     import torch
 
     from refseg.engine.losses import SegmentationLoss
@@ -63,4 +65,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from refseg.cli import run
+
+    run(main, prog="train_step.py")

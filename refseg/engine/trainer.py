@@ -32,6 +32,7 @@ from .losses import SegmentationLoss
 from .schedule import parameter_groups, poly_warmup_lambda, steps_within_budget
 
 TRAINER_STATE = "trainer_state.json"
+UNPLANNED = 10**9  # max_steps of a time-budgeted run before its first fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     steps_per_epoch = max(1, per_epoch // tc.gradient_accumulation_steps)
     # budget: the schedule is fitted to train.max_minutes as the run measures its own speed
     budget = tc.max_minutes * 60.0 if (tc.max_epochs is None and tc.max_steps is None) else None
-    max_steps = tc.max_epochs * steps_per_epoch if tc.max_epochs else (tc.max_steps or 10**9)
+    max_steps = tc.max_epochs * steps_per_epoch if tc.max_epochs else (tc.max_steps or UNPLANNED)
 
     # ---- model and optimiser ----------------------------------------------------------------
     model = build_model(cfg, load_pretrained=not resume)
@@ -269,7 +270,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
             broadcast_object_list(planned, from_process=0)
         if planned[0] != max_steps and is_main:
             bar.write(f"step {st.step}: {step_s:.2f} s/step, {planned[0]} steps fit train.max_minutes="
-                      f"{tc.max_minutes:g}" + ("" if max_steps == 10**9 else f" (was {max_steps})"))
+                      f"{tc.max_minutes:g}" + ("" if max_steps == UNPLANNED else f" (was {max_steps})"))
         max_steps = st.planned_steps = planned[0]
         bar.total = max_steps
         bar.refresh()
@@ -298,7 +299,7 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
 
     # ---- loop ------------------------------------------------------------------------------
     model.train()
-    bar = tqdm(total=None if max_steps == 10**9 else max_steps, initial=st.step, disable=not (progress and is_main), desc="train",
+    bar = tqdm(total=None if max_steps == UNPLANNED else max_steps, initial=st.step, disable=not (progress and is_main), desc="train",
                dynamic_ncols=True, smoothing=0.05)
     ema_loss, images_seen = None, 0
     tick = window_start = time.time()

@@ -58,10 +58,14 @@ class SimpleDecoder(nn.Module):
         return self.classifier(x)
 
 
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear (align_corners) resize of (B, C, h, w) maps to ``size``; no-op when already there."""
+    size = tuple(size)
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
 def _resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    if x.shape[-2:] == ref.shape[-2:]:
-        return x
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
+    return resize(x, ref.shape[-2:])
 
 
 class MaskRefiner(nn.Module):

@@ -26,7 +26,7 @@ from ..cli import UserError
 from ..config import Config, ConfigError, load_config
 from ..utils import atomic_directory, first_line
 from .crossvit import CrossViTBranch
-from .decoder import MaskRefiner, SimpleDecoder
+from .decoder import MaskRefiner, SimpleDecoder, resize
 from .pwam import PWAM, LanguageGate
 from .text import TextEncoder, load_tokenizer
 from .xcit import XCiTColumnar, XCiTHierarchical, load_xcit_pretrained
@@ -142,8 +142,8 @@ class RefSegModel(nn.Module):
         logits = self.decoder(feats, stem)  # (B, 2, H'/s, W'/s), s = decoder.out_stride (4 or 2)
         if self.refiner is not None:
             half = (x.shape[-2] // 2, x.shape[-1] // 2)  # H', W' are multiples of pad_multiple (>= 16)
-            logits = self.refiner(_resize(logits, half), F.avg_pool2d(x, 2))
-        return _resize(logits, x.shape[-2:])[:, :, :H, :W]
+            logits = self.refiner(resize(logits, half), F.avg_pool2d(x, 2))
+        return resize(logits, x.shape[-2:])[:, :, :H, :W]
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
@@ -214,11 +214,6 @@ class RefSegModel(nn.Module):
                                   f"({len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
         model._tokenizer_dir = str(path / TOKENIZER_DIR)
         return model.to(map_location).eval()
-
-
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    size = tuple(size)
-    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 def build_model(cfg: Config, load_pretrained: bool = True) -> RefSegModel:
