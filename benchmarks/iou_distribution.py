@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """How a checkpoint's IoU is distributed over a split: histogram in tenths, mean IoU of hits / misses,
-and mIoU by target size (thirds of the split by mask area) and expression type.
+and mIoU by target size (thirds of the split by mask area) and expression type; with ``--words``
+also the mean IoU of the expressions that contain each frequent word (hardest first).
 
-    python benchmarks/iou_distribution.py runs/default/best [--split val] [--data-root data]
+    python benchmarks/iou_distribution.py runs/default/best [--split val] [--data-root data] [--words]
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val")
     ap.add_argument("--data-root", default=None, help="default: the checkpoint's data.root")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--words", action="store_true", help="also mean IoU per frequent word (>= --min-count uses)")
+    ap.add_argument("--min-count", type=int, default=25)
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = ap.parse_args(argv)
     from refseg.data.dataset import RefSegDataset, open_source
@@ -49,6 +52,14 @@ def main(argv=None) -> int:
         print(f"{name:6s} targets ({area[sel].min():.0f}-{area[sel].max():.0f} px): mIoU {100 * v.mean():.1f}, "
               f"P@0.5 {100 * (v > 0.5).mean():.1f}, hits {100 * v[v > 0.5].mean():.1f}"
               + (f"  ({per_type})" if per_type else ""))
+    if args.words:
+        by_word: dict[str, list[float]] = {}
+        for iou, s in zip(ious, samples):
+            for w in set(s.sentence.lower().replace(",", " ").replace(".", " ").split()):
+                by_word.setdefault(w, []).append(float(iou))
+        rows = sorted((float(np.mean(v)), w, len(v)) for w, v in by_word.items() if len(v) >= args.min_count)
+        print(f"mean IoU by word (>= {args.min_count} expressions), hardest first:")
+        print("  " + ", ".join(f"{w} {100 * m:.1f} ({n})" for m, w, n in rows))
     return 0
 
 

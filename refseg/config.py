@@ -64,6 +64,9 @@ class VisionConfig:
     num_heads: Optional[int] = None
     patch_size: Optional[int] = None
     out_indices: Optional[list[int]] = None  # blocks closing each of the 4 stages; default per depth
+    # Strides of the 4 stage maps F1..F4 the decoder gets (columnar encoder; null: [4, 8, 16, 32] as in
+    # XCiT's dense-prediction backbones). Strides above the patch size are max-pooled.
+    out_strides: Optional[list[int]] = None
     # Hierarchical (Swin-like) encoder, trained from scratch.
     hierarchical_dims: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     hierarchical_depths: list[int] = field(default_factory=lambda: [2, 2, 4, 2])
@@ -72,6 +75,8 @@ class VisionConfig:
     # xca (default) | global: standard softmax self-attention over tokens in place of XCA (same widths;
     # quadratic in pixels) - for the scaling comparison in benchmarks/scaling.py.
     attention: str = "xca"
+    # Blocks of the columnar encoder that use softmax attention over tokens instead of XCA (a hybrid).
+    global_blocks: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -343,6 +348,8 @@ def _validate(cfg: Config) -> None:
             bad(f"model.vision.{name}: expected 4 values (one per stage)")
     if cfg.model.vision.out_indices is not None and len(cfg.model.vision.out_indices) != 4:
         bad("model.vision.out_indices: expected 4 block indices")
+    if cfg.model.vision.out_strides is not None and len(cfg.model.vision.out_strides) != 4:
+        bad("model.vision.out_strides: expected 4 strides")
 
 
 _VARIANT_SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "out_indices")

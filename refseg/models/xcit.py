@@ -132,6 +132,20 @@ def run_stem(stem: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[t
     return x, taps
 
 
+def _resampler(dim: int, patch: int, stride: int) -> nn.Module:
+    """Map (B, dim, H/patch, W/patch) to stride ``stride``: transposed convs up, identity, max-pool down."""
+    def up2():
+        return nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+
+    if stride == patch // 4:
+        return nn.Sequential(up2(), nn.BatchNorm2d(dim), nn.GELU(), up2())
+    if stride == patch // 2:
+        return up2()
+    if stride == patch:
+        return nn.Identity()
+    return nn.MaxPool2d(stride // patch, stride // patch)
+
+
 def _tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """(B, H*W, C) -> (B, C, H, W)."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)
@@ -147,14 +161,17 @@ class XCiTColumnar(nn.Module):
             [7,11,15,23] for 24, else evenly spaced ending at depth-1).
         drop_path_rate: stochastic depth, constant over blocks (as timm's XCiT).
         attention: "xca" (default) or "global" (softmax attention over tokens; benchmarks only).
+        out_strides: strides of the 4 stage outputs (default [4, 8, 16, 32]); each in patch/4 .. patch*4.
+        global_blocks: indices of blocks that use softmax attention over tokens instead of XCA.
 
-    Attributes: ``out_channels`` (4 x embed_dim), ``out_strides`` (4, 8, 16, 32), ``stage_heads``,
+    Attributes: ``out_channels`` (4 x embed_dim), ``out_strides``, ``stage_heads``,
     ``patch_size``, ``pad_multiple`` (32: input sides must be multiples of it for ``embed``).
     """
 
     def __init__(self, name: str = "xcit_nano_12_p8", embed_dim: Optional[int] = None, depth: Optional[int] = None,
                  num_heads: Optional[int] = None, patch_size: Optional[int] = None,
-                 out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0, attention: str = "xca"):
+                 out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0, attention: str = "xca",
+                 out_strides: Optional[Sequence[int]] = None, global_blocks: Sequence[int] = ()):
         super().__init__()
         args = xcit_variant_args(name)
         for key, value in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size).items():
@@ -178,23 +195,25 @@ class XCiTColumnar(nn.Module):
         # Trunk: names match timm's Xcit so its state dict loads.
         self.patch_embed = ConvPatchEmbed(img_size=224, patch_size=patch, embed_dim=dim, act_layer=nn.GELU)
         self.pos_embed = PositionalEncodingFourier(dim=dim)
+        if any(not 0 <= b < depth for b in global_blocks):
+            raise ValueError(f"model.vision.global_blocks: block indices must be in [0, {depth - 1}], got {list(global_blocks)}")
         self.blocks = nn.ModuleList([make_xca_block(dim, heads, eta=args["eta"], drop_path=drop_path_rate,
-                                                    attention=attention) for _ in range(depth)])
+                                                    attention="global" if b in global_blocks else attention)
+                                     for b in range(depth)])
         _init_linear(self.blocks)
 
-        # Resampling to strides 4/8/16/32 (XCiT semantic-segmentation backbone's fpn1..4).
-        def up2():
-            return nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-
-        if patch == 16:
-            self.resample = nn.ModuleList([
-                nn.Sequential(up2(), nn.BatchNorm2d(dim), nn.GELU(), up2()),
-                up2(), nn.Identity(), nn.MaxPool2d(2, 2)])
-        else:
-            self.resample = nn.ModuleList([up2(), nn.Identity(), nn.MaxPool2d(2, 2), nn.MaxPool2d(4, 4)])
+        # Resampling to strides 4/8/16/32 by default (XCiT semantic-segmentation backbone's fpn1..4).
+        # Coarser-than-patch strides are max-pooled; `out_strides` can keep the late stages at the
+        # patch grid instead (small objects: a 128 px input pooled to 4x4 loses them).
+        out_strides = list(out_strides) if out_strides is not None else [4, 8, 16, 32]
+        valid = {patch // 4, patch // 2, patch, patch * 2, patch * 4} & {4, 8, 16, 32}
+        if len(out_strides) != 4 or any(s not in valid for s in out_strides) or out_strides != sorted(out_strides):
+            raise ValueError(f"model.vision.out_strides: expected 4 non-decreasing strides from {sorted(valid)} "
+                             f"(patch {patch}), got {out_strides}")
+        self.resample = nn.ModuleList([_resampler(dim, patch, s) for s in out_strides])
 
         self.out_channels = [dim] * 4
-        self.out_strides = [4, 8, 16, 32]
+        self.out_strides = out_strides
         self.stage_heads = [heads] * 4
         # timm ConvPatchEmbed widths: p8 dim/4, dim/2 (strides 2, 4); p16 dim/8, dim/4, dim/2 (2, 4, 8)
         self.stem_channels = {2: dim // 8, 4: dim // 4, 8: dim // 2} if patch == 16 else {2: dim // 4, 4: dim // 2}
