@@ -350,6 +350,11 @@ def _validate(cfg: Config) -> None:
         bad("model.vision.out_indices: expected 4 block indices")
     if cfg.model.vision.out_strides is not None and len(cfg.model.vision.out_strides) != 4:
         bad("model.vision.out_strides: expected 4 strides")
+    if cfg.model.vision.arch == "xcit_hierarchical":  # options of the columnar trunk only
+        if cfg.model.vision.out_strides not in (None, [4, 8, 16, 32]):
+            bad("model.vision.out_strides: the hierarchical encoder's stages are at strides [4, 8, 16, 32]")
+        if cfg.model.vision.global_blocks:
+            bad("model.vision.global_blocks: only the xcit_columnar encoder has it")
 
 
 _VARIANT_SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "out_indices")

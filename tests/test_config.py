@@ -88,3 +88,9 @@ def test_naming_a_variant_means_its_own_shape(tmp_path):
     assert cfg.model.vision.embed_dim is None and cfg.model.vision.depth is None
     for f in ["xcit_s12_p16_480.yaml", "xcit_m24_p8_480.yaml", "refcoco.yaml"]:
         assert load_config(REPO / "configs" / f).model.vision.embed_dim is None
+
+
+@pytest.mark.parametrize("override", ["model.vision.global_blocks=[1]", "model.vision.out_strides=[4,8,8,8]"])
+def test_columnar_only_options_rejected_for_hierarchical(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(None, ["model.vision.arch=xcit_hierarchical", override])

@@ -50,8 +50,6 @@ def build_encoder(cfg: Config, load_pretrained: bool = True) -> nn.Module:
                            drop_path_rate=v.drop_path_rate, attention=v.attention, out_strides=v.out_strides,
                            global_blocks=v.global_blocks)
     elif v.arch == "xcit_hierarchical":
-        if v.out_strides is not None and list(v.out_strides) != [4, 8, 16, 32]:
-            raise ValueError("model.vision.out_strides: the hierarchical encoder's stages are at strides [4, 8, 16, 32]")
         enc = XCiTHierarchical(v.hierarchical_dims, v.hierarchical_depths, v.hierarchical_heads,
                                drop_path_rate=v.drop_path_rate, attention=v.attention)
     else:

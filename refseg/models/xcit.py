@@ -40,6 +40,7 @@ logger = logging.getLogger("refseg")
 _XCIT_SIZES = {"nano": (128, 4), "tiny": (192, 4), "small": (384, 8), "medium": (512, 8), "large": (768, 16)}
 _XCIT_NAME = re.compile(r"xcit_(nano|tiny|small|medium|large)_(12|24)_p(8|16)(?:_(?:224|384))?(?:\.[\w]+)?")
 ATTENTION_TYPES = ("xca", "global")
+DENSE_OUT_STRIDES = [4, 8, 16, 32]  # XCiT's dense-prediction backbones; the hierarchical encoder's stages
 
 
 def xcit_variant_args(name: str) -> dict:
@@ -205,7 +206,7 @@ class XCiTColumnar(nn.Module):
         # Resampling to strides 4/8/16/32 by default (XCiT semantic-segmentation backbone's fpn1..4).
         # Coarser-than-patch strides are max-pooled; `out_strides` can keep the late stages at the
         # patch grid instead (small objects: a 128 px input pooled to 4x4 loses them).
-        out_strides = list(out_strides) if out_strides is not None else [4, 8, 16, 32]
+        out_strides = list(out_strides if out_strides is not None else DENSE_OUT_STRIDES)
         valid = {patch // 4, patch // 2, patch, patch * 2, patch * 4} & {4, 8, 16, 32}
         if len(out_strides) != 4 or any(s not in valid for s in out_strides) or out_strides != sorted(out_strides):
             raise ValueError(f"model.vision.out_strides: expected 4 non-decreasing strides from {sorted(valid)} "
@@ -328,7 +329,7 @@ class XCiTHierarchical(nn.Module):
                            for _ in range(depths[i])]) for i in range(4)])
         _init_linear(self)
         self.out_channels = dims
-        self.out_strides = [4, 8, 16, 32]
+        self.out_strides = list(DENSE_OUT_STRIDES)
         self.stage_heads = heads
         self.stem_channels = {2: dims[0] // 2}  # its stride-4 features are stage 1 itself
         self.pad_multiple = 32
