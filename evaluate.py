@@ -82,11 +82,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not (ckpt / "config.yaml").is_file():
         raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
 
-    from refseg.config import load_config
+    from refseg.config import load_run_config
     from refseg.data.hf import is_hf_export
     from refseg.data.refer import open_source  # torch-free: bad input fails fast
 
-    cfg = load_config(ckpt / "config.yaml")
+    cfg = load_run_config(ckpt / "config.yaml")
     data = _data_config(cfg, args)
     if data.name == "refshapes":  # deterministic: regenerate the exact data the model trained on
         from refseg.data.refshapes import ensure_refshapes

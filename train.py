@@ -37,12 +37,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     from refseg.cli import quiet_libraries
     quiet_libraries()
-    from refseg.config import load_config
+    from refseg.config import load_config, load_run_config
     from refseg.engine.trainer import resolve_run_dir, train
 
     if args.resume:
         out = resolve_run_dir(args.output_dir, resume=True)
-        cfg = load_config(out / "config.yaml", args.overrides)
+        cfg = load_run_config(out / "config.yaml", args.overrides)
     else:
         out = args.output_dir
         cfg = load_config(args.config, args.overrides)

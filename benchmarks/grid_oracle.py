@@ -4,7 +4,8 @@
 Each ground-truth mask of a split is reduced to the grid a model predicts on (``image_size / stride``
 cells a side, area averaging), bilinearly upsampled to the original size and thresholded at 0.5, as
 the model's logits are; the mIoU against the original mask is what even a perfect model on that grid
-would score.
+would score. Both bilinear conventions are measured: ``align_corners=True`` (LAVT's decoder) and
+``False`` (pixel centres aligned; ``model.decoder.align_corners=false``).
 
     python benchmarks/grid_oracle.py [--data-root data] [--dataset refshapes] [--split val] [--image-size 128]
 """
@@ -38,22 +39,22 @@ def main(argv=None) -> int:
         cfg.data.name = args.dataset
     size = args.image_size or cfg.data.image_size
     source = open_source(cfg.data)
-    ious = {s: [] for s in args.strides}
+    ious = {(s, ac): [] for s in args.strides for ac in (True, False)}
     for sample in source.samples(args.split):
         m = torch.from_numpy(source.load_mask(sample).astype(np.float32))[None, None]
         H, W = m.shape[-2:]
-        for s in args.strides:
+        gt = m > 0.5
+        for s, ac in ious:
             grid = (max(1, round(size / s)),) * 2  # the input is a size x size resize (LAVT)
             up = F.interpolate(F.interpolate(m, size=grid, mode="area"), size=(H, W), mode="bilinear",
-                               align_corners=True) > 0.5
-            gt = m > 0.5
+                               align_corners=ac) > 0.5
             union = (up | gt).sum().item()
-            ious[s].append((up & gt).sum().item() / union if union else 1.0)
+            ious[s, ac].append((up & gt).sum().item() / union if union else 1.0)
     n = len(next(iter(ious.values())))
     print(f"{cfg.data.name} {args.split}: {n} expressions, input {size} px")
-    for s, v in ious.items():
-        print(f"stride {s}: {round(size / s)}x{round(size / s)} grid, perfect-mask mIoU {100 * np.mean(v):.2f}  "
-              f"(10th percentile IoU {100 * np.percentile(v, 10):.1f})")
+    for (s, ac), v in ious.items():
+        print(f"stride {s}: {round(size / s)}x{round(size / s)} grid, align_corners={ac}: perfect-mask mIoU "
+              f"{100 * np.mean(v):.2f}  (10th percentile IoU {100 * np.percentile(v, 10):.1f})")
     return 0
 
 

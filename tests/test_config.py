@@ -94,3 +94,23 @@ def test_naming_a_variant_means_its_own_shape(tmp_path):
 def test_columnar_only_options_rejected_for_hierarchical(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         load_config(None, ["model.vision.arch=xcit_hierarchical", override])
+
+
+def test_saved_configs_keep_the_behaviour_they_were_trained_with(tmp_path):
+    """A run saved before model.decoder.align_corners existed was trained with LAVT's True; a user's
+    YAML without the key gets today's default (False)."""
+    import yaml
+
+    from refseg.config import load_run_config
+
+    cfg_path = tmp_path / "config.yaml"
+    load_config().save(cfg_path)
+    data = yaml.safe_load(cfg_path.read_text())
+    assert data["model"]["decoder"]["align_corners"] is False
+    del data["model"]["decoder"]["align_corners"]
+    cfg_path.write_text(yaml.safe_dump(data))
+    assert load_config(cfg_path).model.decoder.align_corners is False
+    assert load_run_config(cfg_path).model.decoder.align_corners is True
+    assert load_run_config(tmp_path, ["train.lr=1e-4"]).model.decoder.align_corners is True  # a run directory
+    load_config().save(cfg_path)  # saved with the key: kept as saved
+    assert load_run_config(cfg_path).model.decoder.align_corners is False

@@ -94,3 +94,18 @@ def test_overlay_keeps_size_and_marks_the_mask():
     assert out.shape == img.shape and out.dtype == np.uint8
     assert not np.array_equal(out[25, 40], img[25, 40])  # tinted inside
     assert np.array_equal(out[45, 5], img[45, 5])  # untouched outside (below the caption)
+
+
+def test_label_resize_keeps_pixel_centres():
+    """Masks are resized on the image's pixel-centre grid: a 31x31 square centred at (46, 46) of a 192 px
+    image lands centred at (46.5 / 1.5 - 0.5) = 30.5 at 128 px (plain INTER_NEAREST puts it at 31.0)."""
+    from refseg.data.transforms import resize_label_map, resize_mask
+
+    m = np.zeros((192, 192), np.uint8)
+    m[31:62, 31:62] = 1
+    small = resize_mask(m, 128)
+    ys, xs = np.nonzero(small)
+    assert small.dtype == bool and ys.mean() == xs.mean() == 30.5 and small.sum() == 400
+    labels = m.astype(np.int64) * 7
+    out = resize_label_map(labels, (64, 96))
+    assert out.dtype == np.int64 and out.shape == (64, 96) and set(np.unique(out)) == {0, 7}

@@ -232,3 +232,41 @@ def test_frozen_text_encoder_has_no_dropout_trainable_one_does(tok):
     ft = build_model(_cfg("model.text.trainable_layers=[0]")).train()
     assert ft.text_encoder.model.training  # LAVT fine-tunes BERT with its dropout
     assert not ft.eval().text_encoder.model.training
+
+
+def test_semantic_head_and_loss(tok):
+    from refseg.engine.losses import SegmentationLoss
+
+    torch.manual_seed(0)
+    m = build_model(_cfg("model.decoder.semantic_classes=5")).train()
+    ids, mask = _text(tok, ["the red circle", "a square"])
+    x = torch.randn(2, 3, 61, 97)
+    logits, sem = m(x, ids, mask, return_semantic=True)
+    assert logits.shape == (2, 2, 61, 97) and sem.shape == (2, 5, 16, 25)  # decoder stride 4, ceil
+    torch.testing.assert_close(m(x, ids, mask), logits)  # the plain call is unchanged
+    labels = torch.randint(0, 2, (2, 61, 97))
+    sem_labels = torch.randint(0, 5, (2, 61, 97))
+    plain = SegmentationLoss(dice_weight=1.0)(logits, labels)
+    both = SegmentationLoss(dice_weight=1.0, semantic_weight=0.5)(logits, labels, sem, sem_labels)
+    assert both > plain  # a 5-class CE term is positive
+    both.backward()
+    assert m.semantic_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="no semantic head"):
+        build_model(_cfg())(x, ids, mask, return_semantic=True)
+
+
+@pytest.mark.parametrize("align_corners,centre", [(True, 5.0), (False, 5.5)])
+def test_decoder_upsampling_convention(align_corners, centre):
+    """align_corners=False keeps stride-4 cell centres on the pixels they summarise (cell 1 covers
+    pixels 4..7, centre 5.5); LAVT's True stretches the grid (cell 1 lands at 1 * 15 / 3 = 5.0)."""
+    from refseg.models.decoder import SimpleDecoder
+
+    dec = SimpleDecoder([8, 8, 8, 8], hidden_dim=8, align_corners=align_corners)
+    cell = torch.zeros(1, 1, 4, 4)
+    cell[0, 0, 1, 1] = 1.0
+    up = dec.resize(cell, (16, 16))[0, 0]
+    w = up.clamp(min=0)
+    ys = torch.arange(16.0)
+    assert float((w.sum(1) * ys).sum() / w.sum()) == pytest.approx(centre, abs=1e-4)
+    m = build_model(_cfg(f"model.decoder.align_corners={str(align_corners).lower()}")).eval()
+    assert m.decoder.align_corners is align_corners

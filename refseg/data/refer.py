@@ -425,6 +425,36 @@ class ReferSource:
             raise DataError(f"{where}: annotation has no segmentation")
         return decode_segmentation(ann["segmentation"], sample.height, sample.width, where)
 
+    # -- all objects of an image (auxiliary supervision) -----------------------------------------
+
+    @property
+    def category_ids(self) -> list[int]:
+        """Sorted category ids of instances.json; class k of ``load_semantic`` is ``category_ids[k-1]``."""
+        if not hasattr(self, "_category_ids"):
+            ids = set(self.categories) or {int(a.get("category_id", 0)) for a in self.anns.values()}
+            self._category_ids = sorted(ids)
+        return self._category_ids
+
+    def load_semantic(self, sample: Sample) -> np.ndarray:
+        """int64 (H, W): 0 background, k = 1 + index of the category in ``category_ids``, for every
+        annotated object of the sample's image (not only the referred one). Larger objects are painted
+        first, so a small object in front of a large one keeps its pixels."""
+        if not hasattr(self, "_anns_by_image"):
+            by_image: dict[int, list[dict]] = {}
+            for a in self.anns.values():
+                by_image.setdefault(int(a.get("image_id", -1)), []).append(a)
+            for anns in by_image.values():
+                anns.sort(key=lambda a: -float(a.get("area", 0.0)))
+            self._anns_by_image = by_image
+        index = {c: k + 1 for k, c in enumerate(self.category_ids)}
+        out = np.zeros((sample.height, sample.width), np.int64)
+        for a in self._anns_by_image.get(sample.image_id, []):
+            if "segmentation" not in a or int(a.get("category_id", -1)) not in index:
+                continue
+            where = f"{self.instances_path}: image_id {sample.image_id}, ann_id {a.get('id')}"
+            out[decode_segmentation(a["segmentation"], sample.height, sample.width, where)] = index[int(a["category_id"])]
+        return out
+
     def __repr__(self) -> str:
         return f"ReferSource({str(self.root)!r}, {self.dataset!r}, {self.split_by!r})"
 

@@ -18,19 +18,31 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> t
 
 
 class SegmentationLoss(nn.Module):
-    """CE with class weights [background, object] (LAVT: [0.9, 1.1]) + ``dice_weight`` x Dice."""
+    """CE with class weights [background, object] (LAVT: [0.9, 1.1]) + ``dice_weight`` x Dice, plus
+    ``semantic_weight`` x CE of the auxiliary category segmentation when its logits are given."""
 
-    def __init__(self, class_weights=(0.9, 1.1), dice_weight: float = 0.0):
+    def __init__(self, class_weights=(0.9, 1.1), dice_weight: float = 0.0, semantic_weight: float = 0.0):
         super().__init__()
+        self.semantic_weight = float(semantic_weight)
         self.register_buffer("class_weights", torch.tensor(list(class_weights), dtype=torch.float32),
                              persistent=False)
         self.dice_weight = float(dice_weight)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """logits (B, 2, H, W), labels (B, H, W) long -> scalar loss (fp32)."""
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, semantic_logits: torch.Tensor | None = None,
+                semantic_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """logits (B, 2, H, W), labels (B, H, W) long [, semantic_logits (B, K, h, w), semantic_labels
+        (B, H, W) long in [0, K)] -> scalar loss (fp32)."""
+        loss = F.cross_entropy(_to_size(logits, labels).float(), labels, weight=self.class_weights)
         if self.dice_weight:
-            loss = loss + self.dice_weight * dice_loss(logits, labels)
+            loss = loss + self.dice_weight * dice_loss(_to_size(logits, labels), labels)
+        if self.semantic_weight and semantic_logits is not None:
+            loss = loss + self.semantic_weight * F.cross_entropy(
+                _to_size(semantic_logits, semantic_labels).float(), semantic_labels)
         return loss
+
+
+def _to_size(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Bilinear-resize (B, K, h, w) logits to the labels' (H, W) when they differ."""
+    if logits.shape[-2:] == labels.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)

@@ -25,12 +25,14 @@ class SimpleDecoder(nn.Module):
             stride-4 map joins F1; a stride-2 map adds a last stage (width hidden_dim / 2) at stride 2.
 
     forward([F1 (B,C1,H/4,W/4), F2, F3, F4 (B,C4,H/32,W/32)], skips {stride: (B,c,H/s,W/s)})
-        -> logits (B, num_classes, H/s, W/s), s = ``out_stride`` (4, or 2 with a stride-2 skip)
+        -> logits (B, num_classes, H/s, W/s), s = ``out_stride`` (4, or 2 with a stride-2 skip);
+        with ``return_hidden`` also the features the classifier reads, (B, out_channels, H/s, W/s).
     """
 
     def __init__(self, in_channels: Sequence[int], hidden_dim: int = 128, num_classes: int = 2,
-                 skip_channels: Optional[dict[int, int]] = None):
+                 skip_channels: Optional[dict[int, int]] = None, align_corners: bool = True):
         super().__init__()
+        self.align_corners = bool(align_corners)
         c1, c2, c3, c4 = in_channels
         skip_channels = dict(skip_channels or {})
         self.skip_strides = [s for s in (4, 2) if s in skip_channels]
@@ -42,30 +44,35 @@ class SimpleDecoder(nn.Module):
             width = max(8, hidden_dim // 2)
             self.refine = _conv_bn_relu_x2(hidden_dim + skip_channels[2], width)
         self.out_stride = 2 if 2 in skip_channels else 4
+        self.out_channels = width
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
-    def forward(self, feats: Sequence[torch.Tensor], skips: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
+    def forward(self, feats: Sequence[torch.Tensor], skips: Optional[dict[int, torch.Tensor]] = None,
+                return_hidden: bool = False):
         skips = skips or {}
         if any(s not in skips for s in self.skip_strides):
             raise ValueError(f"decoder: expected stem maps at strides {self.skip_strides}, got {sorted(skips)}")
         x = feats[3]
         extra = ([], [], [skips[4]] if 4 in self.skip_strides else [])
         for fuse, skip, more in zip(self.fuse, (feats[2], feats[1], feats[0]), extra):
-            x = fuse(torch.cat([_resize_to(x, skip), skip.to(x.dtype), *[m.to(x.dtype) for m in more]], dim=1))
+            x = fuse(torch.cat([self.resize(x, skip.shape[-2:]), skip.to(x.dtype), *[m.to(x.dtype) for m in more]], dim=1))
         if 2 in self.skip_strides:
             s2 = skips[2]
-            x = self.refine(torch.cat([_resize_to(x, s2), s2.to(x.dtype)], dim=1))
-        return self.classifier(x)
+            x = self.refine(torch.cat([self.resize(x, s2.shape[-2:]), s2.to(x.dtype)], dim=1))
+        logits = self.classifier(x)
+        return (logits, x) if return_hidden else logits
+
+    def resize(self, x: torch.Tensor, size) -> torch.Tensor:
+        """``resize`` with this decoder's ``align_corners``."""
+        return resize(x, size, self.align_corners)
 
 
-def resize(x: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear (align_corners) resize of (B, C, h, w) maps to ``size``; no-op when already there."""
+def resize(x: torch.Tensor, size, align_corners: bool = True) -> torch.Tensor:
+    """Bilinear resize of (B, C, h, w) maps to ``size``; no-op when already there."""
     size = tuple(size)
-    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
-
-def _resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return resize(x, ref.shape[-2:])
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class MaskRefiner(nn.Module):

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cli import UserError
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_run_config
 from ..utils import atomic_directory, first_line
 from .crossvit import CrossViTBranch
-from .decoder import MaskRefiner, SimpleDecoder, resize
+from .decoder import MaskRefiner, SimpleDecoder
 from .pwam import PWAM, LanguageGate
 from .text import TextEncoder, load_tokenizer
 from .xcit import XCiTColumnar, XCiTHierarchical, load_xcit_pretrained
@@ -70,7 +70,9 @@ class RefSegModel(nn.Module):
             the architecture only (weights come from a refseg checkpoint).
         text_source: where the text model's config/weights live (default: ``cfg.model.text.name``).
 
-    forward(pixel_values (B,3,H,W) float, input_ids (B,T) long, attention_mask (B,T)) -> logits (B,2,H,W)
+    forward(pixel_values (B,3,H,W) float, input_ids (B,T) long, attention_mask (B,T)) -> logits (B,2,H,W);
+    with ``return_semantic`` (training, ``model.decoder.semantic_classes`` > 0) also the auxiliary
+    category logits (B, semantic_classes, H/s, W/s) at the decoder's stride s.
     """
 
     def __init__(self, cfg: Config, load_pretrained: bool = True, text_source: Optional[str] = None):
@@ -93,9 +95,13 @@ class RefSegModel(nn.Module):
         self.crossvit = CrossViTBranch(dims, self.encoder.stage_heads, patch_size=c.patch_size, embed_dim=c.embed_dim,
                                        depth=c.depth, num_heads=c.num_heads, block=c.block) if c.enabled else None
         skips = {k: v for k, v in self.encoder.stem_channels.items() if k in (2, 4)} if m.decoder.stem_skips else None
-        self.decoder = SimpleDecoder(dims, hidden_dim=m.decoder.hidden_dim, skip_channels=skips)
+        self.decoder = SimpleDecoder(dims, hidden_dim=m.decoder.hidden_dim, skip_channels=skips,
+                                     align_corners=m.decoder.align_corners)
         rc = m.decoder.refine_channels
         self.refiner = MaskRefiner(rc) if rc else None
+        k = m.decoder.semantic_classes
+        # Auxiliary head over the decoder's last features (training only; inference ignores it).
+        self.semantic_head = nn.Conv2d(self.decoder.out_channels, k, 1) if k else None
         mult = self.encoder.pad_multiple
         if self.crossvit is not None:
             mult = mult * self.crossvit.patch_size // math.gcd(mult, self.crossvit.patch_size)
@@ -133,18 +139,25 @@ class RefSegModel(nn.Module):
             feats.append(self.encoder.stage_output(i, self.norms[i](fused), H, W))
         return (feats, stem) if return_stem else feats
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W), (B,T), (B,T) -> logits (B, 2, H, W) at the input size."""
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                return_semantic: bool = False):
+        """(B,3,H,W), (B,T), (B,T) -> logits (B, 2, H, W) at the input size [, semantic logits]."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
         H, W = pixel_values.shape[-2:]
         x = self._pad(pixel_values)
         feats, stem = self.forward_features(x, input_ids, attention_mask, return_stem=True)
-        logits = self.decoder(feats, stem)  # (B, 2, H'/s, W'/s), s = decoder.out_stride (4 or 2)
+        if return_semantic and self.semantic_head is None:
+            raise ValueError("return_semantic: this model has no semantic head (model.decoder.semantic_classes=0)")
+        logits, hidden = self.decoder(feats, stem, return_hidden=True)  # (B, 2, H'/s, W'/s), s = 4 or 2
         if self.refiner is not None:
             half = (x.shape[-2] // 2, x.shape[-1] // 2)  # H', W' are multiples of pad_multiple (>= 16)
-            logits = self.refiner(resize(logits, half), F.avg_pool2d(x, 2))
-        return resize(logits, x.shape[-2:])[:, :, :H, :W]
+            logits = self.refiner(self.decoder.resize(logits, half), F.avg_pool2d(x, 2))
+        logits = self.decoder.resize(logits, x.shape[-2:])[:, :, :H, :W]
+        if return_semantic:
+            s = self.decoder.out_stride
+            return logits, self.semantic_head(hidden)[:, :, :-(-H // s), :-(-W // s)]
+        return logits
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
@@ -195,7 +208,7 @@ class RefSegModel(nn.Module):
             if not (path / name).exists():
                 raise CheckpointError(f"{path}: missing {name} (not a complete refseg checkpoint)")
         try:
-            cfg = load_config(path / CONFIG_FILE)
+            cfg = load_run_config(path / CONFIG_FILE)
         except ConfigError as e:
             raise CheckpointError(f"{path}: bad {CONFIG_FILE}: {e}") from None
         try:
