@@ -38,7 +38,7 @@ class RefSegDataset(Dataset):
                  seed: int = 0, semantic: bool = False):
         if semantic and not hasattr(source, "load_semantic"):
             raise DataError(f"{getattr(source, 'name', source)}: has no annotations of all objects "
-                            f"(instances.json), which loss.semantic_weight > 0 needs; set it to 0")
+                            f"(instances.json), which loss.semantic_weight > 0 needs; set loss.semantic_weight=0")
         self.semantic = bool(semantic)
         self.source = source
         self.seed = int(seed)

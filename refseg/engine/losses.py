@@ -32,9 +32,10 @@ class SegmentationLoss(nn.Module):
                 semantic_labels: torch.Tensor | None = None) -> torch.Tensor:
         """logits (B, 2, H, W), labels (B, H, W) long [, semantic_logits (B, K, h, w), semantic_labels
         (B, H, W) long in [0, K)] -> scalar loss (fp32)."""
-        loss = F.cross_entropy(_to_size(logits, labels).float(), labels, weight=self.class_weights)
+        logits = _to_size(logits, labels)
+        loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
         if self.dice_weight:
-            loss = loss + self.dice_weight * dice_loss(_to_size(logits, labels), labels)
+            loss = loss + self.dice_weight * dice_loss(logits, labels)
         if self.semantic_weight and semantic_logits is not None:
             loss = loss + self.semantic_weight * F.cross_entropy(
                 _to_size(semantic_logits, semantic_labels).float(), semantic_labels)

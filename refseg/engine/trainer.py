@@ -190,11 +190,11 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
     time_data = time.time() - t0
     tokenizer = load_tokenizer(cfg.model.text.name)
     semantic = cfg.loss.semantic_weight > 0
-    if semantic:
-        _fit_semantic_classes(cfg, source)
     train_ds = RefSegDataset(source, cfg.data.train_split, tokenizer, cfg.data.image_size,
                              cfg.model.text.max_tokens, train=True, augment=cfg.data.augment,
-                             seed=tc.seed, semantic=semantic)
+                             seed=tc.seed, semantic=semantic)  # refuses a source without load_semantic
+    if semantic:
+        _fit_semantic_classes(cfg, source)
     val_ds = RefSegDataset(source, cfg.data.val_split, tokenizer, cfg.data.image_size,
                            cfg.model.text.max_tokens, train=False)
     val_subset = val_ds
@@ -424,9 +424,6 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
 
 def _fit_semantic_classes(cfg: Config, source) -> None:
     """Size the auxiliary category head to the data (background + its categories), or check it."""
-    if not hasattr(source, "category_ids"):
-        raise UserError(f"{source.name}: has no annotations of all objects (instances.json), which "
-                        f"loss.semantic_weight > 0 needs; set loss.semantic_weight=0")
     k = len(source.category_ids) + 1
     if cfg.model.decoder.semantic_classes == 0:
         cfg.model.decoder.semantic_classes = k
