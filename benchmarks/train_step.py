@@ -2,7 +2,7 @@
 """Training-step speed of a config on this machine: ms per optimiser step and images/s.
 
 Synthetic inputs (random pixels, 8-word expressions padded to max_tokens, sparse masks), random
-weights, CE + Dice, AdamW with the
+weights, the config's loss (CE + Dice + deep supervision, as the trainer computes it), AdamW with the
 for-loop and the fused implementation (the trainer uses fused), median of --repeats steps after
 --warmup steps. Data loading, logging and evaluation are not included.
 
@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     x = torch.randn(B, 3, S, S, generator=g)
     ids, mask = fake_text(cfg, B, "cpu")
     labels = (torch.rand(B, S, S, generator=g) > 0.9).long()
-    loss_fn = SegmentationLoss(cfg.loss.class_weights, cfg.loss.dice_weight)
+    loss_fn = SegmentationLoss(cfg.loss.class_weights, cfg.loss.dice_weight,
+                               deep_supervision_weight=cfg.loss.deep_supervision_weight)
     print(f"{S} px, batch {B}, {torch.get_num_threads()} threads, {torch.__version__}")
     for fused in (False, True):
         torch.manual_seed(0)
@@ -49,7 +50,8 @@ def main(argv=None) -> int:
         times, opt_times = [], []
         for i in range(args.warmup + args.repeats):
             t0 = time.perf_counter()
-            loss = loss_fn(model(x, ids, mask), labels)
+            logits, aux = model(x, ids, mask, return_aux=True)  # as the trainer calls it
+            loss = loss_fn(logits, labels, aux.get("deep", ()))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             t1 = time.perf_counter()

@@ -148,6 +148,9 @@ class LossConfig:
     # a 1x1 head over the decoder's last features). instances.json annotates all objects, not only the
     # referred one, so each image gives dense shape supervision; 0: off.
     semantic_weight: float = 0.0
+    # Deep supervision: the mask loss (CE + Dice) also on 1x1 heads over the decoder's stride-16 and
+    # stride-8 maps, each weighted by this; 0: no heads (LAVT has none).
+    deep_supervision_weight: float = 0.4
 
 
 @dataclass
@@ -350,6 +353,8 @@ def _validate(cfg: Config) -> None:
         bad(f"train.mixed_precision: expected auto, no, bf16 or fp16, got '{cfg.train.mixed_precision}'")
     if len(cfg.loss.class_weights) != 2:
         bad("loss.class_weights: expected two numbers (background, object)")
+    if cfg.loss.deep_supervision_weight < 0:
+        bad(f"loss.deep_supervision_weight: must be >= 0, got {cfg.loss.deep_supervision_weight}")
     if cfg.loss.semantic_weight < 0:
         bad(f"loss.semantic_weight: must be >= 0, got {cfg.loss.semantic_weight}")
     if cfg.model.decoder.semantic_classes < 0 or cfg.model.decoder.semantic_classes == 1:
@@ -390,7 +395,8 @@ def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> C
 
 # Fields whose default changed: a run or checkpoint saved before the field existed was trained with
 # the old behaviour, so its config.yaml gets the old value (a user's own YAML gets the new default).
-_SAVED_BEFORE = {("model", "decoder", "align_corners"): True}
+_SAVED_BEFORE = {("model", "decoder", "align_corners"): True,
+                 ("loss", "deep_supervision_weight"): 0.0}  # a checkpoint without the option has no heads
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -114,3 +114,10 @@ def test_saved_configs_keep_the_behaviour_they_were_trained_with(tmp_path):
     assert load_run_config(tmp_path, ["train.lr=1e-4"]).model.decoder.align_corners is True  # a run directory
     load_config().save(cfg_path)  # saved with the key: kept as saved
     assert load_run_config(cfg_path).model.decoder.align_corners is False
+    # deep supervision came later still: a run saved without the key has no heads to load
+    data = yaml.safe_load(cfg_path.read_text())
+    assert data["loss"]["deep_supervision_weight"] == 0.4
+    del data["loss"]["deep_supervision_weight"]
+    cfg_path.write_text(yaml.safe_dump(data))
+    assert load_config(cfg_path).loss.deep_supervision_weight == 0.4
+    assert load_run_config(cfg_path).loss.deep_supervision_weight == 0.0

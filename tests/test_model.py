@@ -101,16 +101,19 @@ def test_gradients_reach_every_part():
     torch.manual_seed(0)
     m = build_model(_cfg()).train()
     ids, mask = _text(m.tokenizer, ["the circle on the left", "the square"])
-    logits = m(torch.randn(2, 3, 64, 64), ids, mask)
+    logits, aux = m(torch.randn(2, 3, 64, 64), ids, mask, return_aux=True)  # as the trainer calls it
     labels = torch.randint(0, 2, (2, 64, 64))
-    torch.nn.functional.cross_entropy(logits, labels).backward()
+    from refseg.engine.losses import SegmentationLoss
+    loss = SegmentationLoss(deep_supervision_weight=m.config.loss.deep_supervision_weight)
+    assert m.config.loss.deep_supervision_weight > 0
+    loss(logits, labels, aux["deep"]).backward()
 
     def grad(prefix):
         gs = [p.grad.abs().sum().item() for n, p in m.named_parameters() if n.startswith(prefix) and p.grad is not None]
         return sum(gs) if gs else 0.0
 
     for part in ("encoder.patch_embed.", "encoder.blocks.0.", "encoder.blocks.3.", "encoder.resample.",
-                 "pwams.0.", "pwams.3.", "gates.0.", "gates.2.", "norms.", "decoder.",
+                 "pwams.0.", "pwams.3.", "gates.0.", "gates.2.", "norms.", "decoder.", "deep_heads.",
                  "crossvit.inject.", "crossvit.patch_embed.", "crossvit.stages.0.", "crossvit.exchanges.0."):
         assert grad(part) > 0, f"no gradient reaches {part}"
     # parameters that train must all take part (DDP without find_unused_parameters)
@@ -238,21 +241,53 @@ def test_semantic_head_and_loss(tok):
     from refseg.engine.losses import SegmentationLoss
 
     torch.manual_seed(0)
-    m = build_model(_cfg("model.decoder.semantic_classes=5")).train()
+    m = build_model(_cfg("model.decoder.semantic_classes=5", "loss.deep_supervision_weight=0")).train()
     ids, mask = _text(tok, ["the red circle", "a square"])
     x = torch.randn(2, 3, 61, 97)
-    logits, sem = m(x, ids, mask, return_semantic=True)
+    logits, aux = m(x, ids, mask, return_aux=True)
+    sem = aux["semantic"]
+    assert set(aux) == {"semantic"}
     assert logits.shape == (2, 2, 61, 97) and sem.shape == (2, 5, 16, 25)  # decoder stride 4, ceil
     torch.testing.assert_close(m(x, ids, mask), logits)  # the plain call is unchanged
     labels = torch.randint(0, 2, (2, 61, 97))
     sem_labels = torch.randint(0, 5, (2, 61, 97))
     plain = SegmentationLoss(dice_weight=1.0)(logits, labels)
-    both = SegmentationLoss(dice_weight=1.0, semantic_weight=0.5)(logits, labels, sem, sem_labels)
+    both = SegmentationLoss(dice_weight=1.0, semantic_weight=0.5)(logits, labels, semantic_logits=sem,
+                                                                  semantic_labels=sem_labels)
     assert both > plain  # a 5-class CE term is positive
     both.backward()
     assert m.semantic_head.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="no semantic head"):
-        build_model(_cfg())(x, ids, mask, return_semantic=True)
+    assert build_model(_cfg("loss.deep_supervision_weight=0"))(x, ids, mask, return_aux=True)[1] == {}
+
+
+def test_deep_supervision_heads_and_loss(tok):
+    """Two extra mask heads on the decoder's stride-16 / stride-8 maps, at the input size, trained
+    with the same mask loss; absent (and not in the state dict) when the weight is 0."""
+    from refseg.engine.losses import SegmentationLoss
+
+    torch.manual_seed(0)
+    m = build_model(_cfg("loss.deep_supervision_weight=0.4")).train()
+    ids, mask = _text(tok, ["the red circle", "a square"])
+    x = torch.randn(2, 3, 61, 97)
+    logits, aux = m(x, ids, mask, return_aux=True)
+    deep = aux["deep"]
+    assert [tuple(d.shape) for d in deep] == [(2, 2, 61, 97)] * 2
+    assert not torch.allclose(deep[0], deep[1])
+    torch.testing.assert_close(m(x, ids, mask), logits)
+    labels = torch.randint(0, 2, (2, 61, 97))
+    plain = SegmentationLoss(dice_weight=1.0)(logits, labels)
+    ds = SegmentationLoss(dice_weight=1.0, deep_supervision_weight=0.4)
+    total = ds(logits, labels, deep)
+    expected = plain + 0.4 * (ds.mask_loss(deep[0], labels) + ds.mask_loss(deep[1], labels))
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(h.weight.grad.abs().sum() > 0 for h in m.deep_heads)
+    # the decoder's coarse stages get gradient through the heads alone
+    m.zero_grad(set_to_none=True)
+    logits, aux = m(x, ids, mask, return_aux=True)
+    ds(logits.detach(), labels, aux["deep"][:1]).backward()
+    assert m.decoder.fuse[0][0].weight.grad.abs().sum() > 0 and m.decoder.classifier.weight.grad is None
+    assert not any(k.startswith("deep_heads") for k in build_model(_cfg("loss.deep_supervision_weight=0")).state_dict())
 
 
 @pytest.mark.parametrize("align_corners,centre", [(True, 5.0), (False, 5.5)])

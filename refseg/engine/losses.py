@@ -18,24 +18,36 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> t
 
 
 class SegmentationLoss(nn.Module):
-    """CE with class weights [background, object] (LAVT: [0.9, 1.1]) + ``dice_weight`` x Dice, plus
-    ``semantic_weight`` x CE of the auxiliary category segmentation when its logits are given."""
+    """CE with class weights [background, object] (LAVT: [0.9, 1.1]) + ``dice_weight`` x Dice; plus
+    ``deep_supervision_weight`` x the same loss on each deep-supervision output, and
+    ``semantic_weight`` x CE of the auxiliary category segmentation, when those logits are given."""
 
-    def __init__(self, class_weights=(0.9, 1.1), dice_weight: float = 0.0, semantic_weight: float = 0.0):
+    def __init__(self, class_weights=(0.9, 1.1), dice_weight: float = 0.0, semantic_weight: float = 0.0,
+                 deep_supervision_weight: float = 0.0):
         super().__init__()
         self.semantic_weight = float(semantic_weight)
+        self.deep_supervision_weight = float(deep_supervision_weight)
         self.register_buffer("class_weights", torch.tensor(list(class_weights), dtype=torch.float32),
                              persistent=False)
         self.dice_weight = float(dice_weight)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, semantic_logits: torch.Tensor | None = None,
-                semantic_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """logits (B, 2, H, W), labels (B, H, W) long [, semantic_logits (B, K, h, w), semantic_labels
-        (B, H, W) long in [0, K)] -> scalar loss (fp32)."""
+    def mask_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Weighted CE (+ Dice) of (B, 2, h, w) logits against (B, H, W) labels."""
         logits = _to_size(logits, labels)
         loss = F.cross_entropy(logits.float(), labels, weight=self.class_weights)
         if self.dice_weight:
             loss = loss + self.dice_weight * dice_loss(logits, labels)
+        return loss
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, deep_logits=(),
+                semantic_logits: torch.Tensor | None = None,
+                semantic_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """logits (B, 2, H, W), labels (B, H, W) long [, deep_logits: list of (B, 2, h, w),
+        semantic_logits (B, K, h, w), semantic_labels (B, H, W) long in [0, K)] -> scalar loss (fp32)."""
+        loss = self.mask_loss(logits, labels)
+        if self.deep_supervision_weight:
+            for deep in deep_logits:
+                loss = loss + self.deep_supervision_weight * self.mask_loss(deep, labels)
         if self.semantic_weight and semantic_logits is not None:
             loss = loss + self.semantic_weight * F.cross_entropy(
                 _to_size(semantic_logits, semantic_labels).float(), semantic_labels)

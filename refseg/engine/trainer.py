@@ -214,7 +214,8 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
 
     # ---- model and optimiser ----------------------------------------------------------------
     model = build_model(cfg, load_pretrained=not resume)
-    criterion = SegmentationLoss(cfg.loss.class_weights, cfg.loss.dice_weight, cfg.loss.semantic_weight)
+    criterion = SegmentationLoss(cfg.loss.class_weights, cfg.loss.dice_weight, cfg.loss.semantic_weight,
+                                 cfg.loss.deep_supervision_weight)
     # fused: one kernel per step instead of a Python loop over ~500 tensors (6x faster on CPU)
     optimizer = torch.optim.AdamW(parameter_groups(model, tc.lr, tc.weight_decay, tc.text_lr),
                                   lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
@@ -324,11 +325,9 @@ def train(cfg: Config, output_dir: str | Path | None = None, resume: bool = Fals
                 input_ids = batch["input_ids"].to(accelerator.device)
                 attention_mask = batch["attention_mask"].to(accelerator.device)
                 labels = batch["labels"].to(accelerator.device)
-                if semantic:
-                    logits, sem_logits = model(pixel_values, input_ids, attention_mask, return_semantic=True)
-                    loss = criterion(logits, labels, sem_logits, batch["semantic_labels"].to(accelerator.device))
-                else:
-                    loss = criterion(model(pixel_values, input_ids, attention_mask), labels)
+                logits, aux = model(pixel_values, input_ids, attention_mask, return_aux=True)
+                loss = criterion(logits, labels, aux.get("deep", ()), aux.get("semantic"),
+                                 batch["semantic_labels"].to(accelerator.device) if semantic else None)
                 finite = torch.isfinite(loss.detach())
                 if world > 1:  # every process must agree to skip, or DDP hangs
                     finite = accelerator.gather(finite.float().reshape(1)).min() > 0

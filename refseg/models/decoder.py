@@ -26,7 +26,8 @@ class SimpleDecoder(nn.Module):
 
     forward([F1 (B,C1,H/4,W/4), F2, F3, F4 (B,C4,H/32,W/32)], skips {stride: (B,c,H/s,W/s)})
         -> logits (B, num_classes, H/s, W/s), s = ``out_stride`` (4, or 2 with a stride-2 skip);
-        with ``return_hidden`` also the features the classifier reads, (B, out_channels, H/s, W/s).
+        with ``return_hidden`` also the top-down maps, coarse to fine: [(B, hidden_dim, H/16, W/16),
+        (B, hidden_dim, H/8, W/8), ..., (B, out_channels, H/s, W/s)]; the last is what the classifier reads.
     """
 
     def __init__(self, in_channels: Sequence[int], hidden_dim: int = 128, num_classes: int = 2,
@@ -53,14 +54,17 @@ class SimpleDecoder(nn.Module):
         if any(s not in skips for s in self.skip_strides):
             raise ValueError(f"decoder: expected stem maps at strides {self.skip_strides}, got {sorted(skips)}")
         x = feats[3]
+        hidden = []
         extra = ([], [], [skips[4]] if 4 in self.skip_strides else [])
         for fuse, skip, more in zip(self.fuse, (feats[2], feats[1], feats[0]), extra):
             x = fuse(torch.cat([self.resize(x, skip.shape[-2:]), skip.to(x.dtype), *[m.to(x.dtype) for m in more]], dim=1))
+            hidden.append(x)
         if 2 in self.skip_strides:
             s2 = skips[2]
             x = self.refine(torch.cat([self.resize(x, s2.shape[-2:]), s2.to(x.dtype)], dim=1))
+            hidden.append(x)
         logits = self.classifier(x)
-        return (logits, x) if return_hidden else logits
+        return (logits, hidden) if return_hidden else logits
 
     def resize(self, x: torch.Tensor, size) -> torch.Tensor:
         """``resize`` with this decoder's ``align_corners``."""

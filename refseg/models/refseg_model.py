@@ -71,8 +71,10 @@ class RefSegModel(nn.Module):
         text_source: where the text model's config/weights live (default: ``cfg.model.text.name``).
 
     forward(pixel_values (B,3,H,W) float, input_ids (B,T) long, attention_mask (B,T)) -> logits (B,2,H,W);
-    with ``return_semantic`` (training, ``model.decoder.semantic_classes`` > 0) also the auxiliary
-    category logits (B, semantic_classes, H/s, W/s) at the decoder's stride s.
+    with ``return_aux`` (training) also a dict of the auxiliary outputs the model has heads for:
+    ``deep`` [(B,2,H,W) x 2], deep supervision from the decoder's stride-16 and stride-8 maps
+    (``loss.deep_supervision_weight`` > 0), and ``semantic`` (B, semantic_classes, H/s, W/s) at the
+    decoder's stride s (``model.decoder.semantic_classes`` > 0).
     """
 
     def __init__(self, cfg: Config, load_pretrained: bool = True, text_source: Optional[str] = None):
@@ -102,6 +104,10 @@ class RefSegModel(nn.Module):
         k = m.decoder.semantic_classes
         # Auxiliary head over the decoder's last features (training only; inference ignores it).
         self.semantic_head = nn.Conv2d(self.decoder.out_channels, k, 1) if k else None
+        # Deep supervision (training only): mask logits from the decoder's stride-16 and stride-8
+        # maps, so the coarse stages, where objects are chosen, get a direct gradient.
+        self.deep_heads = (nn.ModuleList([nn.Conv2d(m.decoder.hidden_dim, 2, 1) for _ in range(2)])
+                           if cfg.loss.deep_supervision_weight > 0 else None)
         mult = self.encoder.pad_multiple
         if self.crossvit is not None:
             mult = mult * self.crossvit.patch_size // math.gcd(mult, self.crossvit.patch_size)
@@ -140,24 +146,28 @@ class RefSegModel(nn.Module):
         return (feats, stem) if return_stem else feats
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                return_semantic: bool = False):
-        """(B,3,H,W), (B,T), (B,T) -> logits (B, 2, H, W) at the input size [, semantic logits]."""
+                return_aux: bool = False):
+        """(B,3,H,W), (B,T), (B,T) -> logits (B, 2, H, W) at the input size [, dict of auxiliary outputs]."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
         H, W = pixel_values.shape[-2:]
         x = self._pad(pixel_values)
         feats, stem = self.forward_features(x, input_ids, attention_mask, return_stem=True)
-        if return_semantic and self.semantic_head is None:
-            raise ValueError("return_semantic: this model has no semantic head (model.decoder.semantic_classes=0)")
         logits, hidden = self.decoder(feats, stem, return_hidden=True)  # (B, 2, H'/s, W'/s), s = 4 or 2
         if self.refiner is not None:
             half = (x.shape[-2] // 2, x.shape[-1] // 2)  # H', W' are multiples of pad_multiple (>= 16)
             logits = self.refiner(self.decoder.resize(logits, half), F.avg_pool2d(x, 2))
         logits = self.decoder.resize(logits, x.shape[-2:])[:, :, :H, :W]
-        if return_semantic:
+        if not return_aux:
+            return logits
+        aux = {}
+        if self.deep_heads is not None:
+            aux["deep"] = [self.decoder.resize(head(h), x.shape[-2:])[:, :, :H, :W]
+                           for head, h in zip(self.deep_heads, hidden[:2])]
+        if self.semantic_head is not None:
             s = self.decoder.out_stride
-            return logits, self.semantic_head(hidden)[:, :, :-(-H // s), :-(-W // s)]
-        return logits
+            aux["semantic"] = self.semantic_head(hidden[-1])[:, :, :-(-H // s), :-(-W // s)]
+        return logits, aux
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
