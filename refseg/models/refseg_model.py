@@ -157,13 +157,15 @@ class RefSegModel(nn.Module):
         if self.refiner is not None:
             half = (x.shape[-2] // 2, x.shape[-1] // 2)  # H', W' are multiples of pad_multiple (>= 16)
             logits = self.refiner(self.decoder.resize(logits, half), F.avg_pool2d(x, 2))
-        logits = self.decoder.resize(logits, x.shape[-2:])[:, :, :H, :W]
+        def to_input(t: torch.Tensor) -> torch.Tensor:  # (B, K, h, w) -> (B, K, H, W): the padded size, cropped
+            return self.decoder.resize(t, x.shape[-2:])[:, :, :H, :W]
+
+        logits = to_input(logits)
         if not return_aux:
             return logits
         aux = {}
         if self.deep_heads is not None:
-            aux["deep"] = [self.decoder.resize(head(h), x.shape[-2:])[:, :, :H, :W]
-                           for head, h in zip(self.deep_heads, hidden[:2])]
+            aux["deep"] = [to_input(head(h)) for head, h in zip(self.deep_heads, hidden[:2])]
         if self.semantic_head is not None:
             s = self.decoder.out_stride
             aux["semantic"] = self.semantic_head(hidden[-1])[:, :, :-(-H // s), :-(-W // s)]
