@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from .errors import UserError
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -15,10 +17,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line, exit code 2."""
 
 
 def quiet_libraries() -> None:

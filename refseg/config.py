@@ -14,11 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .cli import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+from .errors import ConfigError
 
 
 # ---------------------------------------------------------------------------------------------

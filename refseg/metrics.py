@@ -54,7 +54,7 @@ class SegMetrics:
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
         if not bool(target.any()):
-            from .data.refer import DataError
+            from .errors import DataError
 
             raise DataError(f"empty ground-truth mask{' for ' + where if where else ''}: every referred object "
                             "must cover at least one pixel")

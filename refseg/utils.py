@@ -66,11 +66,3 @@ def _fsync_tree(root: Path) -> None:
                     os.close(fd)
             except OSError:
                 pass
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (or its type name)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__

@@ -6,14 +6,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import UserError
+from .errors import ImageReadError, UserError
 
 TINT = (255, 64, 32)  # RGB of the predicted-mask tint
 GT_COLOUR = (40, 220, 60)
-
-
-class ImageReadError(UserError):
-    """An image file is missing, not an image, or cannot be decoded."""
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,36 +24,10 @@ from typing import Any, Iterable, Optional
 import cv2
 import numpy as np
 
-from ..cli import UserError
+from ..errors import DataError, UnsafePickleError
 
 # Canonical order for printing; other split names follow alphabetically.
 SPLIT_ORDER = ("train", "val", "validation", "test", "testA", "testB", "testC")
-
-
-class DataError(UserError, ValueError):
-    """Bad or missing data; the message names the file and the item (ref / annotation / row).
-
-    A DataError raised inside a DataLoader worker is re-raised by PyTorch as
-    ``DataError("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback ...")``;
-    the constructor recovers the original one-line message so command lines stay readable.
-    The worker traceback is kept in ``worker_traceback``.
-    """
-
-    def __init__(self, *args):
-        self.worker_traceback: Optional[str] = None
-        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
-                and "Original Traceback" in args[0]:
-            self.worker_traceback = args[0]
-            lines = [ln for ln in args[0].strip().splitlines() if ln.strip()]
-            last = lines[-1] if lines else args[0]
-            # "refseg.data.refer.DataError: <message>" -> "<message>"
-            last = re.sub(r"^[\w.]*(DataError|UnsafePickleError)\s*:\s*", "", last.strip())
-            args = (last,)
-        super().__init__(*args)
-
-
-class UnsafePickleError(DataError):
-    """A pickle asked to import or call something; it was refused and nothing ran."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from ..cli import ArgumentParser, UserError
+from ..cli import ArgumentParser
+from ..errors import UserError
 
 VERSION = 1
 DATASET_NAME = "refshapes"

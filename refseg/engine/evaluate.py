@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..data.dataset import collate
-from ..data.refer import DataError
+from ..errors import DataError
 from ..metrics import SegMetrics
 from ..predictor import object_margin
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..cli import UserError
+from ..errors import UserError
 from ..utils import atomic_directory, recover_directory
 from .losses import SegmentationLoss
 from .schedule import parameter_groups, poly_warmup_lambda, steps_within_budget

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cli import UserError
 from ..config import Config, ConfigError, load_run_config
-from ..utils import atomic_directory, first_line
+from ..errors import CheckpointError, first_line
+from ..utils import atomic_directory
 from .crossvit import CrossViTBranch
 from .decoder import MaskRefiner, SimpleDecoder
 from .pwam import PWAM, LanguageGate
@@ -35,10 +35,6 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_DIR = "text"
 TOKENIZER_DIR = "tokenizer"
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint directory is missing, incomplete or corrupt (one-line message)."""
 
 
 def build_encoder(cfg: Config, load_pretrained: bool = True) -> nn.Module:

@@ -32,7 +32,7 @@ from torch import nn
 from timm.layers import Attention, trunc_normal_
 from timm.models.xcit import ConvPatchEmbed, PositionalEncodingFourier, XCABlock, conv3x3
 
-from ..utils import first_line
+from ..errors import first_line
 
 logger = logging.getLogger("refseg")
 
