@@ -9,14 +9,14 @@ Without --checkpoint the newest runs/*/best is used.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from refseg.cli import ArgumentParser
-from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, help="input image (any format PIL reads)")
     p.add_argument("--text", required=True, help="the referring expression")
     p.add_argument("--checkpoint", default=None,
@@ -36,7 +36,8 @@ def newest_checkpoint(runs_dir: str | Path = "runs") -> Path | None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from refseg.cli import UserError, quiet_libraries
+    from refseg.cli import quiet_libraries
+    from refseg.errors import UserError
     quiet_libraries()
     from refseg.data.transforms import clean_text
     from refseg.visualize import overlay, read_image, write_image

@@ -12,20 +12,19 @@ original image size; ``--resized-gt`` scores at image_size x image_size like LAV
 from __future__ import annotations
 
 import argparse
-
-from refseg.cli import ArgumentParser
 import copy
 import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from refseg.cli import UserError, quiet_libraries, run
+from refseg.cli import ArgumentParser, quiet_libraries, run
+from refseg.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.yaml, model.safetensors, tokenizer/)")
     p.add_argument("--data-root", default=None, help="data folder (default: the checkpoint's data.root, or 'data' "
                                                      "with --dataset)")
@@ -119,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     results = {}
     for split in eval_splits:
-        ds = RefSegDataset(source, split, tokenizer, cfg.data.image_size, cfg.model.text.max_tokens,
+        ds = RefSegDataset(source, split, tokenizer, cfg.model.image_size, cfg.model.text.max_tokens,
                            train=False, max_samples=args.max_samples)
         gallery = None
         if args.gallery:
@@ -130,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   desc=split)
 
     if is_main:
-        mode = f"resized gt {cfg.data.image_size}x{cfg.data.image_size}" if resized_gt else "original size"
+        mode = f"resized gt {cfg.model.image_size}x{cfg.model.image_size}" if resized_gt else "original size"
         extra = ", shuffled expressions" if args.shuffle_text else ""
         print(f"{ckpt} on {data.name} ({data.split_by}), scored at {mode}{extra}")
         print(format_table(results, title="split"))

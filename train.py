@@ -4,7 +4,8 @@
     accelerate launch train.py                       # the embedded default (refshapes, CPU-sized)
     accelerate launch train.py --config configs/refcoco.yaml --output-dir runs/refcoco
     accelerate launch train.py --resume              # continue the newest run
-    python train.py train.max_steps=200 data.image_size=160
+    python train.py train.max_steps=200 model.image_size=160
+    python train.py --help-config                    # every config key with its type, default and help
 
 Any config field can be overridden as key=value by its dotted name.
 """
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir (or the newest run under runs/) from its last "
                         "complete checkpoint; key=value overrides apply on top of its config")
+    p.add_argument("--help-config", action="store_true",
+                   help="list every config key (type, default, help) and exit")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -35,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    if args.help_config:
+        from refseg.config import format_config_help
+        print(format_config_help(), end="")
+        return 0
     from refseg.cli import quiet_libraries
     quiet_libraries()
     from refseg.config import load_config, load_run_config

@@ -10,9 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from refseg.utils import offline_environment  # noqa: E402
+
+offline_environment()
 
 import torch  # noqa: E402
 
@@ -28,7 +28,7 @@ def load_cfg(path: str | None, overrides: list[str]):
     return load_config(path, overrides=overrides)
 
 
-def _text_source(name: str) -> tuple[str | None, str]:
+def text_source(name: str) -> tuple[str | None, str]:
     """Where the text architecture comes from, offline. Returns (text_source or None, note)."""
     from transformers import AutoConfig
 
@@ -55,7 +55,7 @@ def build_random_model(cfg):
     """The model of ``cfg`` with random weights (no downloads). Returns (model, note)."""
     from refseg.models import RefSegModel
 
-    source, note = _text_source(cfg.model.text.name)
+    source, note = text_source(cfg.model.text.name)
     return RefSegModel(cfg, load_pretrained=False, text_source=source), note
 
 

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         cfg.data.root = args.data_root
     if args.dataset:
         cfg.data.name = args.dataset
-    size = args.image_size or cfg.data.image_size
+    size = args.image_size or cfg.model.image_size
     source = open_source(cfg.data)
     ious = {(s, ac): [] for s in args.strides for ac in (True, False)}
     for sample in source.samples(args.split):

@@ -34,7 +34,7 @@ def stats(cfg) -> dict:
         n = sum(p.numel() for p in child.parameters())
         t = sum(p.numel() for p in child.parameters() if p.requires_grad)
         parts[name] = {"params": n, "trainable": t}
-    S = cfg.data.image_size
+    S = cfg.model.image_size
     ids, mask = fake_text(cfg, 1, torch.device("cpu"))
     model.requires_grad_(False)  # FlopCounterMode's module tracker trips over no-grad views of trainable params
     counter = FlopCounterMode(display=False, depth=1)

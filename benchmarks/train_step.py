@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Training-step speed of a config on this machine: ms per optimiser step and images/s.
 
-Synthetic inputs (random pixels, 8-word expressions padded to max_tokens, sparse masks), random
-weights, the config's loss (CE + Dice + deep supervision, as the trainer computes it), AdamW with the
-for-loop and the fused implementation (the trainer uses fused), median of --repeats steps after
---warmup steps. Data loading, logging and evaluation are not included.
+Runs ``Trainer.train_step`` (the trainer's own forward, loss, backward and fused AdamW step, with the
+config's mixed precision) on synthetic inputs: random pixels, 8-word expressions padded to max_tokens,
+sparse masks; the median of --repeats steps after --warmup steps. Weights are random (the text
+encoder's too when it is not available offline). Data loading, logging and evaluation are not included.
 
     python benchmarks/train_step.py [--config C] [--threads N] [--batch-size B] [key=value ...]
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from _common import build_random_model, fake_text, load_cfg
+from _common import fake_text, load_cfg, text_source
 
 
 def main(argv=None) -> int:
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
 
     ap = ArgumentParser(prog="train_step.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the trainer's choice)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's train.batch_size")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=8)
@@ -30,39 +30,36 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from refseg.engine.losses import SegmentationLoss
+    from refseg.engine.trainer import Trainer
 
+    overrides = list(args.overrides)
     if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_cfg(args.config, args.overrides)
-    B, S = args.batch_size or cfg.train.batch_size, cfg.data.image_size
+        overrides.append(f"train.cpu_threads={args.threads}")
+    if args.batch_size:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    cfg = load_cfg(args.config, overrides)
+    source, note = text_source(cfg.model.text.name)
+    if source is not None:
+        cfg.model.text.name = source
+    trainer = Trainer(cfg, output_dir="/tmp/refseg-train-step", progress=False).setup(data=False)
+    B, S = cfg.train.batch_size, cfg.model.image_size
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, 3, S, S, generator=g)
     ids, mask = fake_text(cfg, B, "cpu")
-    labels = (torch.rand(B, S, S, generator=g) > 0.9).long()
-    loss_fn = SegmentationLoss(cfg.loss.class_weights, cfg.loss.dice_weight,
-                               deep_supervision_weight=cfg.loss.deep_supervision_weight)
-    print(f"{S} px, batch {B}, {torch.get_num_threads()} threads, {torch.__version__}")
-    for fused in (False, True):
-        torch.manual_seed(0)
-        model = build_random_model(cfg)[0].train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=fused)
-        times, opt_times = [], []
-        for i in range(args.warmup + args.repeats):
-            t0 = time.perf_counter()
-            logits, aux = model(x, ids, mask, return_aux=True)  # as the trainer calls it
-            loss = loss_fn(logits, labels, aux.get("deep", ()))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            t1 = time.perf_counter()
-            opt.step()
-            t2 = time.perf_counter()
-            if i >= args.warmup:
-                times.append(t2 - t0)
-                opt_times.append(t2 - t1)
-        step = statistics.median(times)
-        print(f"AdamW {'fused   ' if fused else 'for-loop'}: {1000 * step:6.1f} ms/step "
-              f"(optimizer {1000 * statistics.median(opt_times):5.1f} ms), {B / step:5.1f} img/s")
+    batch = {"pixel_values": torch.randn(B, 3, S, S, generator=g), "input_ids": ids, "attention_mask": mask,
+             "labels": (torch.rand(B, S, S, generator=g) > 0.9).long()}
+    print(f"{S} px, batch {B}, {torch.get_num_threads()} threads, mixed precision "
+          f"{trainer.accelerator.mixed_precision}, {trainer.accelerator.device}, torch {torch.__version__}"
+          + (f" ({note})" if note else ""))
+    times = []
+    for i in range(args.warmup + args.repeats):
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    print(f"Trainer.train_step: {1000 * step:6.1f} ms/step (median of {args.repeats}), {B / step:5.1f} img/s")
     return 0
 
 

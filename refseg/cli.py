@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from .errors import UserError
+from .utils import offline_environment
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -21,11 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def quiet_libraries() -> None:
     """Silence library chatter (weight-load reports, hub warnings) that would bury our output."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    offline_environment()
     try:
         import transformers
 

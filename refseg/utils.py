@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic directory writes, one-line error text."""
+"""Small shared helpers: atomic directory writes, CPU cores, the offline environment."""
 from __future__ import annotations
 
 import contextlib
@@ -66,3 +66,26 @@ def _fsync_tree(root: Path) -> None:
                     os.close(fd)
             except OSError:
                 pass
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def offline_environment() -> None:
+    """Hugging Face libraries offline and quiet, unless the environment already says otherwise.
+
+    Weights and datasets load from local paths (a Hub download would hang or fail without a network).
+    """
+    for key, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from refseg.utils import offline_environment
+
+offline_environment()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -19,7 +17,7 @@ REALREF = SHARED / "realref"
 
 # A model small enough that a forward/backward takes milliseconds on 2 CPU cores.
 TINY_OVERRIDES = [
-    "data.image_size=64",
+    "model.image_size=64",
     "model.vision.name=xcit_nano_12_p8",
     "model.vision.embed_dim=32",
     "model.vision.depth=4",

@@ -18,7 +18,7 @@ def test_defaults_and_overrides():
 
 def test_design_keys_exist():
     cfg = Config()
-    for key in ["data.name", "data.root", "data.split_by", "data.image_size", "model.vision.arch",
+    for key in ["data.name", "data.root", "data.split_by", "model.image_size", "model.vision.arch",
                 "model.vision.name", "model.vision.pretrained", "model.crossvit.enabled",
                 "model.text.name", "model.text.max_tokens", "train.max_steps", "train.batch_size",
                 "train.lr", "train.seed", "train.checkpoint_every", "train.eval_every"]:
@@ -46,8 +46,8 @@ def test_bad_overrides_name_the_field(override, fragment):
 
 def test_yaml_file_errors(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("data:\n  image_sise: 100\n")
-    with pytest.raises(ConfigError, match="data.image_size"):
+    p.write_text("data:\n  num_worker: 2\n")
+    with pytest.raises(ConfigError, match="data.num_workers"):
         load_config(p)
     p.write_text("train:\n  lr: [1, 2]\n")
     with pytest.raises(ConfigError, match="train.lr"):
@@ -57,7 +57,11 @@ def test_yaml_file_errors(tmp_path):
 
 
 def test_default_yaml_is_the_embedded_default():
-    """configs/default.yaml documents the embedded default: they must not drift apart."""
+    """configs/default.yaml documents the embedded default: generated from the schema, so they cannot drift."""
+    from refseg.config import format_config_help
+
+    assert (REPO / "configs" / "default.yaml").read_text() == format_config_help(), \
+        "configs/default.yaml is stale: python train.py --help-config > configs/default.yaml"
     assert load_config(REPO / "configs" / "default.yaml").to_dict() == Config().to_dict()
 
 
@@ -74,50 +78,110 @@ def test_save_roundtrip(tmp_path):
     assert load_config(tmp_path / "config.yaml").to_dict() == cfg.to_dict()
 
 
-def test_naming_a_variant_means_its_own_shape(tmp_path):
-    """The default slims xcit_nano_12_p8; naming another variant must not inherit that slimming."""
+def test_a_variant_name_is_its_shape(tmp_path):
+    """The name alone gives the shape (xcit_<size>_<depth>_p<patch>); overrides apply on top of it."""
+    from refseg.models.xcit import xcit_variant_args
+
     default = load_config()
-    assert (default.model.vision.embed_dim, default.model.vision.depth) == (96, 6)
+    assert default.model.vision.name == "xcit_micro_6_p8" and default.model.vision.embed_dim is None
+    assert {k: v for k, v in xcit_variant_args("xcit_micro_6_p8").items() if k != "eta"} == dict(
+        embed_dim=96, depth=6, num_heads=4, patch_size=8)
+    assert xcit_variant_args("xcit_small_12_p16_384.fb_dist_in1k")["embed_dim"] == 384
     cfg = load_config(overrides=["model.vision.name=xcit_small_12_p16"])
-    assert cfg.model.vision.embed_dim is None and cfg.model.vision.depth is None
-    cfg = load_config(overrides=["model.vision.name=xcit_small_12_p16", "model.vision.depth=8"])
-    assert cfg.model.vision.depth == 8 and cfg.model.vision.embed_dim is None
-    p = tmp_path / "c.yaml"
-    p.write_text("model:\n  vision:\n    name: xcit_medium_24_p8\n")
-    cfg = load_config(p)
     assert cfg.model.vision.embed_dim is None and cfg.model.vision.depth is None
     for f in ["xcit_s12_p16_480.yaml", "xcit_m24_p8_480.yaml", "refcoco.yaml"]:
         assert load_config(REPO / "configs" / f).model.vision.embed_dim is None
+    with pytest.raises(ValueError, match="unknown XCiT variant"):
+        xcit_variant_args("xcit_huge_12_p8")
 
 
-@pytest.mark.parametrize("override", ["model.vision.global_blocks=[1]", "model.vision.out_strides=[4,8,8,8]"])
-def test_columnar_only_options_rejected_for_hierarchical(override):
-    with pytest.raises(ConfigError, match=override.split("=")[0]):
-        load_config(None, ["model.vision.arch=xcit_hierarchical", override])
+def test_choices_are_checked_when_the_config_loads():
+    """Literal fields fail at load time with the valid choices, not later when the model is built."""
+    with pytest.raises(ConfigError, match="model.crossvit.block: expected one of vit, xca"):
+        load_config(overrides=["model.crossvit.block=transformer"])
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(overrides=["train.mixed_precision=fp8"])
+    with pytest.raises(ConfigError, match="model.text.trainable_layers"):
+        load_config(overrides=["model.text.trainable_layers=some"])
+    with pytest.raises(ConfigError, match="model.image_size: must be at least 32"):
+        load_config(overrides=["model.image_size=8"])
 
 
-def test_saved_configs_keep_the_behaviour_they_were_trained_with(tmp_path):
-    """A run saved before model.decoder.align_corners existed was trained with LAVT's True; a user's
-    YAML without the key gets today's default (False)."""
+def test_every_field_has_help_and_help_config_lists_it():
+    from refseg.config import config_fields, format_config_help
+
+    fields = config_fields()
+    assert len(fields) > 50
+    missing = [f.key for f in fields if len(f.help.strip()) < 10]
+    assert not missing, f"config fields without help text: {missing}"
+    text = format_config_help()
+    for f in fields:
+        assert f"# {f.key} ({f.type}): {f.help}" in text, f.key
+
+
+def test_base_files_merge_under_the_file(tmp_path):
+    (tmp_path / "model.yaml").write_text("model:\n  image_size: 96\n  decoder:\n    hidden_dim: 32\n")
+    (tmp_path / "run.yaml").write_text("base: model.yaml\nmodel:\n  decoder:\n    align_corners: true\n"
+                                       "train:\n  lr: 1.0e-4\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert (cfg.model.image_size, cfg.model.decoder.hidden_dim, cfg.model.decoder.align_corners) == (96, 32, True)
+    assert cfg.train.lr == pytest.approx(1e-4)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "bad.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_renamed_key_is_accepted():
+    assert load_config(overrides=["data.image_size=64"]).model.image_size == 64
+
+
+def test_deep_supervision_heads_need_a_weight():
+    """The model config alone decides which heads exist; heads that no loss term reaches are refused."""
+    with pytest.raises(ConfigError, match="model.decoder.deep_supervision=true needs loss.deep_supervision_weight"):
+        load_config(overrides=["loss.deep_supervision_weight=0"])
+    assert not load_config(overrides=["model.decoder.deep_supervision=false"]).model.decoder.deep_supervision
+
+
+def test_old_saved_configs_are_migrated(tmp_path):
+    """A run or checkpoint saved before config_version existed keeps the behaviour it was trained with:
+    LAVT's align_corners=true, no deep-supervision heads, data.image_size as the model's input size.
+    A file you write without a version gets today's defaults; a newer version is refused."""
     import yaml
 
-    from refseg.config import load_run_config
+    from refseg.config import CONFIG_VERSION, load_run_config
 
-    cfg_path = tmp_path / "config.yaml"
-    load_config().save(cfg_path)
-    data = yaml.safe_load(cfg_path.read_text())
-    assert data["model"]["decoder"]["align_corners"] is False
-    del data["model"]["decoder"]["align_corners"]
-    cfg_path.write_text(yaml.safe_dump(data))
-    assert load_config(cfg_path).model.decoder.align_corners is False
-    assert load_run_config(cfg_path).model.decoder.align_corners is True
-    assert load_run_config(tmp_path, ["train.lr=1e-4"]).model.decoder.align_corners is True  # a run directory
-    load_config().save(cfg_path)  # saved with the key: kept as saved
-    assert load_run_config(cfg_path).model.decoder.align_corners is False
-    # deep supervision came later still: a run saved without the key has no heads to load
-    data = yaml.safe_load(cfg_path.read_text())
-    assert data["loss"]["deep_supervision_weight"] == 0.4
-    del data["loss"]["deep_supervision_weight"]
-    cfg_path.write_text(yaml.safe_dump(data))
-    assert load_config(cfg_path).loss.deep_supervision_weight == 0.4
-    assert load_run_config(cfg_path).loss.deep_supervision_weight == 0.0
+    old = {"data": {"name": "refshapes", "image_size": 96},
+           "model": {"vision": {"name": "xcit_nano_12_p8", "embed_dim": 96, "depth": 6, "out_strides": None,
+                                "global_blocks": []},
+                     "decoder": {"hidden_dim": 64, "stem_skips": False, "refine_channels": 0, "semantic_classes": 0}},
+           "loss": {"semantic_weight": 0.0}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    cfg = load_run_config(tmp_path)
+    assert cfg.model.image_size == 96 and cfg.model.decoder.align_corners is True
+    assert cfg.model.decoder.deep_supervision is False and cfg.loss.deep_supervision_weight == 0.0
+    assert (cfg.model.vision.embed_dim, cfg.model.vision.depth) == (96, 6)
+    assert load_run_config(tmp_path, ["train.lr=1e-4"]).train.lr == pytest.approx(1e-4)
+    old["loss"]["deep_supervision_weight"] = 0.4
+    old["model"]["decoder"]["align_corners"] = False
+    path.write_text(yaml.safe_dump(old))
+    cfg = load_run_config(path)
+    assert cfg.model.decoder.deep_supervision is True and cfg.model.decoder.align_corners is False
+    # a switched-on option that no longer exists cannot be rebuilt: one clear error
+    old["model"]["decoder"]["refine_channels"] = 8
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="refine_channels=8: this option was removed"):
+        load_run_config(path)
+    # saved today: versioned, read back as saved
+    load_config().save(path)
+    assert yaml.safe_load(path.read_text())["config_version"] == CONFIG_VERSION
+    assert load_run_config(path).to_dict() == load_config().to_dict()
+    # a file the user writes without a version is the current format (no LAVT defaults sneak in)
+    path.write_text("model:\n  decoder:\n    hidden_dim: 32\n")
+    assert load_config(path).model.decoder.align_corners is False
+    path.write_text(f"config_version: {CONFIG_VERSION + 1}\n")
+    with pytest.raises(ConfigError, match="newer than this refseg"):
+        load_run_config(path)

@@ -17,6 +17,7 @@ from refseg.data.dataset import RefSegDataset
 from refseg.data.refer import DataError, ReferSource
 from refseg.engine.evaluate import evaluate, score_positions, text_derangement
 from refseg.metrics import SegMetrics
+from refseg.models.refseg_model import RefSegOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_refer import ANNS, H, W, make_refer_dataset, rect  # noqa: E402
@@ -43,7 +44,7 @@ class AllForeground(nn.Module):
         B, _, h, w = pixel_values.shape
         out = torch.zeros(B, 2, h, w)
         out[:, 1] = 1.0
-        return out + self.p
+        return RefSegOutput(logits=out + self.p)
 
 
 class LeftHalf(AllForeground):
@@ -54,7 +55,7 @@ class LeftHalf(AllForeground):
         out = torch.zeros(B, 2, h, w)
         out[:, 1, :, : w // 2] = 1.0
         out[:, 1, :, w // 2:] = -1.0
-        return out + self.p
+        return RefSegOutput(logits=out + self.p)
 
 
 class ReadsText(AllForeground):
@@ -70,7 +71,7 @@ class ReadsText(AllForeground):
         out = torch.zeros(B, 2, h, w)
         out[:, 1, :, : w // 2] = is_left
         out[:, 1, :, w // 2:] = -is_left
-        return out + self.p
+        return RefSegOutput(logits=out + self.p)
 
 
 def lr_dataset(root: Path, name: str = "lr"):

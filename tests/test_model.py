@@ -38,6 +38,8 @@ def test_logits_at_input_size(model, tok, hw):
     ids, mask = _text(tok, ["the red circle on the left", "a square"])
     with torch.no_grad():
         out = model(torch.randn(2, 3, *hw), ids, mask)
+    assert out.deep_logits is None  # eval mode: the auxiliary heads are not run
+    out = out.logits
     assert out.shape == (2, 2, *hw)
     assert torch.isfinite(out).all()
 
@@ -53,9 +55,9 @@ def test_forward_features_strides(model, tok):
 def test_expression_changes_logits_and_padding_does_not(model, tok):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        a20 = model(x, *_text(tok, ["the big red circle on the left"], 20))
-        a32 = model(x, *_text(tok, ["the big red circle on the left"], 32))
-        b20 = model(x, *_text(tok, ["a small blue square at the bottom"], 20))
+        a20 = model(x, *_text(tok, ["the big red circle on the left"], 20)).logits
+        a32 = model(x, *_text(tok, ["the big red circle on the left"], 32)).logits
+        b20 = model(x, *_text(tok, ["a small blue square at the bottom"], 20)).logits
     torch.testing.assert_close(a32, a20, atol=1e-4, rtol=1e-4)
     assert (a20 - b20).abs().max() > 1e-3
 
@@ -72,7 +74,7 @@ def test_save_load_round_trip_is_bit_exact(model, tok, tmp_path):
     ids, mask = _text(tok2, ["the circle on the right"])
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(loaded(x, ids, mask), model(x, ids, mask))
+        assert torch.equal(loaded(x, ids, mask).logits, model(x, ids, mask).logits)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
 
@@ -99,14 +101,14 @@ def test_from_pretrained_errors_are_one_line(model, tmp_path):
 
 def test_gradients_reach_every_part():
     torch.manual_seed(0)
-    m = build_model(_cfg()).train()
+    cfg = _cfg()
+    m = build_model(cfg).train()
     ids, mask = _text(m.tokenizer, ["the circle on the left", "the square"])
-    logits, aux = m(torch.randn(2, 3, 64, 64), ids, mask, return_aux=True)  # as the trainer calls it
+    out = m(torch.randn(2, 3, 64, 64), ids, mask)
     labels = torch.randint(0, 2, (2, 64, 64))
     from refseg.engine.losses import SegmentationLoss
-    loss = SegmentationLoss(deep_supervision_weight=m.config.loss.deep_supervision_weight)
-    assert m.config.loss.deep_supervision_weight > 0
-    loss(logits, labels, aux["deep"]).backward()
+    assert cfg.loss.deep_supervision_weight > 0 and out.deep_logits is not None
+    SegmentationLoss(cfg.loss)(out, labels).backward()  # as the trainer computes it
 
     def grad(prefix):
         gs = [p.grad.abs().sum().item() for n, p in m.named_parameters() if n.startswith(prefix) and p.grad is not None]
@@ -127,18 +129,18 @@ def test_crossvit_switch():
     assert not [n for n, _ in off.named_parameters() if "crossvit" in n]
     ids, mask = _text(off.tokenizer, ["left"])
     with torch.no_grad():
-        assert off(torch.randn(1, 3, 61, 97), ids, mask).shape == (1, 2, 61, 97)
+        assert off(torch.randn(1, 3, 61, 97), ids, mask).logits.shape == (1, 2, 61, 97)
     on = build_model(_cfg("model.crossvit.block=xca", "model.crossvit.patch_size=32")).eval()
     assert on.pad_multiple == 32 and any("crossvit" in n for n, _ in on.named_parameters())
     with torch.no_grad():
-        assert on(torch.randn(1, 3, 61, 97), ids, mask).shape == (1, 2, 61, 97)
+        assert on(torch.randn(1, 3, 61, 97), ids, mask).logits.shape == (1, 2, 61, 97)
 
 
 def test_hierarchical_encoder_trains():
     m = build_model(_cfg("model.vision.arch=xcit_hierarchical", "model.vision.hierarchical_dims=[16,32,32,64]",
                          "model.vision.hierarchical_depths=[1,1,1,1]", "model.vision.hierarchical_heads=[1,2,2,4]"))
     ids, mask = _text(m.tokenizer, ["the circle", "the square"])
-    out = m(torch.randn(2, 3, 61, 97), ids, mask)
+    out = m(torch.randn(2, 3, 61, 97), ids, mask).logits
     assert out.shape == (2, 2, 61, 97)
     out.mean().backward()
     assert m.encoder.stages[3][0].attn.qkv.weight.grad.abs().sum() > 0
@@ -164,69 +166,6 @@ def test_predictor_returns_mask_at_image_size(model, tmp_path):
         pred.predict(img, "  ")
 
 
-def test_stem_taps_equal_timm_patch_embedding():
-    """run_stem returns exactly timm's ConvPatchEmbed output, plus its stride-2/4 activations."""
-    from timm.models.xcit import ConvPatchEmbed
-
-    from refseg.models.xcit import XCiTColumnar, run_stem
-
-    torch.manual_seed(0)
-    for patch in (8, 16):
-        enc = XCiTColumnar("xcit_nano_12_p8", embed_dim=32, depth=4, num_heads=2, patch_size=patch).eval()
-        x = torch.randn(2, 3, 64, 96)
-        with torch.no_grad():
-            out, taps = run_stem(enc.patch_embed.proj, x)
-            want, (hp, wp) = ConvPatchEmbed.forward(enc.patch_embed, x)
-            tokens, hw, stem = enc.embed(x, return_stem=True)
-            plain, hw2 = enc.embed(x)
-        assert torch.equal(out.flatten(2).transpose(1, 2), want) and hw == hw2 == (hp, wp)
-        assert torch.equal(tokens, plain)
-        assert sorted(stem) == sorted(enc.stem_channels)
-        for stride, t in stem.items():
-            assert t.shape == (2, enc.stem_channels[stride], 64 // stride, 96 // stride)
-
-
-@pytest.mark.parametrize("arch", ["xcit_columnar", "xcit_hierarchical"])
-def test_stem_skips_decoder_predicts_at_stride_2(tok, arch):
-    extra = ["model.decoder.stem_skips=true", f"model.vision.arch={arch}",
-             "model.vision.hierarchical_dims=[16,32,64,128]", "model.vision.hierarchical_heads=[1,2,4,8]",
-             "model.vision.hierarchical_depths=[1,1,1,1]"]
-    torch.manual_seed(0)
-    m = build_model(_cfg(*extra))
-    assert m.decoder.out_stride == 2
-    ids, mask = _text(tok, ["the red circle", "a square"])
-    out = m(torch.randn(2, 3, 61, 97), ids, mask)
-    assert out.shape == (2, 2, 61, 97) and torch.isfinite(out).all()
-    out.square().mean().backward()
-    # the stride-2 stem activation reaches the loss through the decoder's last stage
-    assert m.decoder.refine[0].weight.grad.abs().sum() > 0
-
-
-def test_refiner_starts_as_the_plain_decoder_and_learns(tok):
-    torch.manual_seed(0)
-    plain = build_model(_cfg("model.decoder.refine_channels=0")).eval()
-    refined = build_model(_cfg("model.decoder.refine_channels=8")).eval()
-    assert plain.refiner is None and refined.refiner is not None
-    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("refiner.") for k in missing)
-    ids, mask = _text(tok, ["the red circle", "a square"])
-    x = torch.randn(2, 3, 61, 97)
-    with torch.no_grad():
-        a, b = plain(x, ids, mask), refined(x, ids, mask)
-    # zero-initialised last conv: same logits at the start (up to the refiner's half-size round trip)
-    assert b.shape == a.shape == (2, 2, 61, 97)
-    assert torch.allclose(a, b, atol=0.15 * a.abs().max().item())
-    refined.train()
-    opt = torch.optim.SGD(refined.refiner.parameters(), lr=0.5)
-    for _ in range(2):
-        opt.zero_grad()
-        refined(x, ids, mask)[:, 1].mean().backward()
-        opt.step()
-    assert refined.refiner.body[0].weight.grad.abs().sum() > 0  # the image branch trains
-    with torch.no_grad():
-        assert not torch.allclose(refined.eval()(x, ids, mask), b)
-
-
 def test_frozen_text_encoder_has_no_dropout_trainable_one_does(tok):
     ids, mask = _text(tok, ["the red circle on the left"])
     m = build_model(_cfg()).train()
@@ -237,57 +176,70 @@ def test_frozen_text_encoder_has_no_dropout_trainable_one_does(tok):
     assert not ft.eval().text_encoder.model.training
 
 
-def test_semantic_head_and_loss(tok):
-    from refseg.engine.losses import SegmentationLoss
-
-    torch.manual_seed(0)
-    m = build_model(_cfg("model.decoder.semantic_classes=5", "loss.deep_supervision_weight=0")).train()
-    ids, mask = _text(tok, ["the red circle", "a square"])
-    x = torch.randn(2, 3, 61, 97)
-    logits, aux = m(x, ids, mask, return_aux=True)
-    sem = aux["semantic"]
-    assert set(aux) == {"semantic"}
-    assert logits.shape == (2, 2, 61, 97) and sem.shape == (2, 5, 16, 25)  # decoder stride 4, ceil
-    torch.testing.assert_close(m(x, ids, mask), logits)  # the plain call is unchanged
-    labels = torch.randint(0, 2, (2, 61, 97))
-    sem_labels = torch.randint(0, 5, (2, 61, 97))
-    plain = SegmentationLoss(dice_weight=1.0)(logits, labels)
-    both = SegmentationLoss(dice_weight=1.0, semantic_weight=0.5)(logits, labels, semantic_logits=sem,
-                                                                  semantic_labels=sem_labels)
-    assert both > plain  # a 5-class CE term is positive
-    both.backward()
-    assert m.semantic_head.weight.grad.abs().sum() > 0
-    assert build_model(_cfg("loss.deep_supervision_weight=0"))(x, ids, mask, return_aux=True)[1] == {}
-
-
 def test_deep_supervision_heads_and_loss(tok):
     """Two extra mask heads on the decoder's stride-16 / stride-8 maps, at the input size, trained
-    with the same mask loss; absent (and not in the state dict) when the weight is 0."""
+    with the same mask loss; absent (and not in the state dict) when the model config has none."""
+    from refseg.config import LossConfig
     from refseg.engine.losses import SegmentationLoss
 
     torch.manual_seed(0)
-    m = build_model(_cfg("loss.deep_supervision_weight=0.4")).train()
+    m = build_model(_cfg()).train()
+    assert m.config.decoder.deep_supervision
     ids, mask = _text(tok, ["the red circle", "a square"])
     x = torch.randn(2, 3, 61, 97)
-    logits, aux = m(x, ids, mask, return_aux=True)
-    deep = aux["deep"]
+    out = m(x, ids, mask)
+    deep = out.deep_logits
     assert [tuple(d.shape) for d in deep] == [(2, 2, 61, 97)] * 2
     assert not torch.allclose(deep[0], deep[1])
-    torch.testing.assert_close(m(x, ids, mask), logits)
+    with torch.no_grad():
+        assert m.eval()(x, ids, mask).deep_logits is None  # inference does not run the heads
+    m.train()
     labels = torch.randint(0, 2, (2, 61, 97))
-    plain = SegmentationLoss(dice_weight=1.0)(logits, labels)
-    ds = SegmentationLoss(dice_weight=1.0, deep_supervision_weight=0.4)
-    total = ds(logits, labels, deep)
+    plain = SegmentationLoss(LossConfig(dice_weight=1.0, deep_supervision_weight=0.0))(out, labels)
+    ds = SegmentationLoss(LossConfig(dice_weight=1.0, deep_supervision_weight=0.4))
+    total = ds(out, labels)
     expected = plain + 0.4 * (ds.mask_loss(deep[0], labels) + ds.mask_loss(deep[1], labels))
     torch.testing.assert_close(total, expected)
     total.backward()
     assert all(h.weight.grad.abs().sum() > 0 for h in m.deep_heads)
     # the decoder's coarse stages get gradient through the heads alone
     m.zero_grad(set_to_none=True)
-    logits, aux = m(x, ids, mask, return_aux=True)
-    ds(logits.detach(), labels, aux["deep"][:1]).backward()
+    out = m(x, ids, mask)
+    ds.mask_loss(out.deep_logits[0], labels).backward()
     assert m.decoder.fuse[0][0].weight.grad.abs().sum() > 0 and m.decoder.classifier.weight.grad is None
-    assert not any(k.startswith("deep_heads") for k in build_model(_cfg("loss.deep_supervision_weight=0")).state_dict())
+    no_heads = build_model(_cfg("model.decoder.deep_supervision=false")).train()
+    assert not any(k.startswith("deep_heads") for k in no_heads.state_dict())
+    assert no_heads(x, ids, mask).deep_logits is None
+
+
+def test_old_checkpoint_loads_and_predicts(model, tmp_path):
+    """A checkpoint written in the format before config_version (full run config, data.image_size,
+    no decoder.deep_supervision key) loads through the migrations and gives the same logits."""
+    ck = tmp_path / "old"
+    model.save_pretrained(ck)
+    data = yaml.safe_load((ck / "config.yaml").read_text())
+    data.pop("config_version")
+    data["data"]["image_size"] = data["model"].pop("image_size")
+    dec = data["model"]["decoder"]
+    dec.pop("deep_supervision")
+    dec.update(stem_skips=False, refine_channels=0, semantic_classes=0)
+    data["model"]["vision"].update(out_strides=None, global_blocks=[])
+    data["loss"]["semantic_weight"] = 0.0
+    data["loss"]["deep_supervision_weight"] = 0.4 if model.config.decoder.deep_supervision else 0.0
+    (ck / "config.yaml").write_text(yaml.safe_dump(data))
+    loaded, tok2 = load_checkpoint(ck)
+    assert loaded.config.to_dict() == model.config.to_dict()
+    ids, mask = _text(tok2, ["the circle on the right"])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, ids, mask).logits, model(x, ids, mask).logits)
+
+
+def test_building_a_model_prints_nothing(capfd):
+    """Library use is quiet: no transformers load-report tables or progress bars."""
+    build_model(_cfg())
+    captured = capfd.readouterr()
+    assert captured.out == "" and "LOAD REPORT" not in captured.err and "Loading weights" not in captured.err
 
 
 @pytest.mark.parametrize("align_corners,centre", [(True, 5.0), (False, 5.5)])
@@ -296,7 +248,9 @@ def test_decoder_upsampling_convention(align_corners, centre):
     pixels 4..7, centre 5.5); LAVT's True stretches the grid (cell 1 lands at 1 * 15 / 3 = 5.0)."""
     from refseg.models.decoder import SimpleDecoder
 
-    dec = SimpleDecoder([8, 8, 8, 8], hidden_dim=8, align_corners=align_corners)
+    from refseg.config import DecoderConfig
+
+    dec = SimpleDecoder([8, 8, 8, 8], DecoderConfig(hidden_dim=8, align_corners=align_corners))
     cell = torch.zeros(1, 1, 4, 4)
     cell[0, 0, 1, 1] = 1.0
     up = dec.resize(cell, (16, 16))[0, 0]

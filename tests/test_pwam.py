@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from refseg.config import FusionConfig
 from refseg.models.pwam import PWAM, LanguageGate
 
 
@@ -48,7 +49,7 @@ def _inputs(B=2, C=16, Dt=24, T=7, H=3, W=5, seed=0):
 @pytest.mark.parametrize("spatial_cues,heads,hidden", [(False, 1, None), (True, 1, None), (True, 2, 8)])
 def test_pwam_matches_lavt_equations(spatial_cues, heads, hidden):
     torch.manual_seed(0)
-    p = PWAM(16, 24, key_dim=hidden, value_dim=hidden, num_heads=heads, spatial_cues=spatial_cues).eval()
+    p = PWAM(16, 24, FusionConfig(hidden_dim=hidden, num_heads=heads, spatial_cues=spatial_cues)).eval()
     V, L, m = _inputs()
     out = p(V, (3, 5), L, m)
     ref = lavt_pwam_reference(p, V.transpose(1, 2), L.transpose(1, 2), m, 3, 5).transpose(1, 2)
@@ -73,10 +74,10 @@ def test_spatial_cues_make_pwam_position_aware():
     torch.manual_seed(0)
     V, L, m = _inputs(H=4, W=4)
     perm = torch.randperm(16)
-    plain = PWAM(16, 24, spatial_cues=False).eval()
+    plain = PWAM(16, 24, FusionConfig(spatial_cues=False)).eval()
     # without cues PWAM is a per-token map plus token-permutation-invariant norms: it commutes with permutations
     torch.testing.assert_close(plain(V[:, perm], (4, 4), L, m), plain(V, (4, 4), L, m)[:, perm], atol=1e-5, rtol=1e-4)
-    cued = PWAM(16, 24, spatial_cues=True).eval()
+    cued = PWAM(16, 24, FusionConfig(spatial_cues=True)).eval()
     assert (cued(V[:, perm], (4, 4), L, m) - cued(V, (4, 4), L, m)[:, perm]).abs().max() > 1e-3
 
 

@@ -531,7 +531,7 @@ def test_lavt_configs(name, split_by):
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / f"{name}.yaml")
-    assert (cfg.data.name, cfg.data.split_by, cfg.data.image_size) == (name, split_by, 480)
+    assert (cfg.data.name, cfg.data.split_by, cfg.model.image_size) == (name, split_by, 480)
     assert cfg.train.batch_size == 8 and cfg.train.max_epochs == 40 and cfg.train.lr == 5e-5
     assert cfg.train.weight_decay == 1e-2 and cfg.train.poly_power == 0.9 and cfg.train.warmup_steps == 0
     assert cfg.model.vision.name == "xcit_small_12_p16"

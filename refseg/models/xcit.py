@@ -27,35 +27,38 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from timm.layers import Attention, trunc_normal_
 from timm.models.xcit import ConvPatchEmbed, PositionalEncodingFourier, XCABlock, conv3x3
 
 from ..errors import first_line
+from ..ops import pad_to_multiple
 
 logger = logging.getLogger("refseg")
 
-# timm XCiT variants: size -> (embed_dim, num_heads); depth and patch size come from the name.
-_XCIT_SIZES = {"nano": (128, 4), "tiny": (192, 4), "small": (384, 8), "medium": (512, 8), "large": (768, 16)}
-_XCIT_NAME = re.compile(r"xcit_(nano|tiny|small|medium|large)_(12|24)_p(8|16)(?:_(?:224|384))?(?:\.[\w]+)?")
+# XCiT widths: size -> (embed_dim, num_heads) as timm's variants; "micro" is refseg's CPU-sized width
+# (the embedded default, trained from scratch: no pretrained weights exist for it).
+_XCIT_SIZES = {"micro": (96, 4), "nano": (128, 4), "tiny": (192, 4), "small": (384, 8), "medium": (512, 8),
+               "large": (768, 16)}
+_XCIT_NAME = re.compile(r"xcit_(micro|nano|tiny|small|medium|large)_(\d+)_p(8|16)(?:_(?:224|384))?(?:\.[\w]+)?")
 ATTENTION_TYPES = ("xca", "global")
-DENSE_OUT_STRIDES = [4, 8, 16, 32]  # XCiT's dense-prediction backbones; the hierarchical encoder's stages
+OUT_STRIDES = [4, 8, 16, 32]  # XCiT's dense-prediction backbones; the hierarchical encoder's stages
 
 
 def xcit_variant_args(name: str) -> dict:
-    """Shape of a timm XCiT variant from its name (``xcit_small_12_p16``, ``xcit_nano_12_p8_384.fb_dist_in1k``).
+    """Shape of an XCiT variant from its name: ``xcit_<size>_<depth>_p<patch>`` (timm's names such as
+    ``xcit_small_12_p16`` or ``xcit_nano_12_p8_384.fb_dist_in1k``, and any other depth).
 
     Returns dict(embed_dim, depth, num_heads, patch_size, eta) as in timm's model entrypoints.
     """
     m = _XCIT_NAME.fullmatch(name.strip())
-    if m is None:
-        raise ValueError(f"model.vision.name: unknown XCiT variant '{name}' "
-                         f"(expected xcit_<nano|tiny|small|medium|large>_<12|24>_p<8|16>, e.g. xcit_small_12_p16)")
+    if m is None or int(m.group(2)) < 1:
+        raise ValueError(f"model.vision.name: unknown XCiT variant '{name}' (expected "
+                         f"xcit_<micro|nano|tiny|small|medium|large>_<depth>_p<8|16>, e.g. xcit_small_12_p16)")
     size, depth, patch = m.group(1), int(m.group(2)), int(m.group(3))
     dim, heads = _XCIT_SIZES[size]
-    # timm: layer-scale init 1.0 for 12-layer models, 1e-5 for 24-layer ones
-    return dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, eta=1.0 if depth == 12 else 1e-5)
+    # timm: layer-scale init 1.0 for models up to 12 layers, 1e-5 for 24-layer ones
+    return dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, eta=1.0 if depth <= 12 else 1e-5)
 
 
 def default_out_indices(depth: int) -> list[int]:
@@ -113,26 +116,6 @@ def _init_linear(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad (B,C,H,W) at the bottom/right to multiples of ``multiple``."""
-    H, W = x.shape[-2:]
-    ph, pw = (-H) % multiple, (-W) % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
-
-
-def run_stem(stem: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run a conv stem (conv, act, conv, act, ..., conv); also return each activation's output map.
-
-    Returns (stem(x), [maps after each activation, finest first]); the same values as ``stem(x)``.
-    """
-    taps = []
-    for layer in stem:
-        x = layer(x)
-        if not isinstance(layer, nn.Sequential):  # the activations between the conv+BN pairs
-            taps.append(x)
-    return x, taps
-
-
 def _resampler(dim: int, patch: int, stride: int) -> nn.Module:
     """Map (B, dim, H/patch, W/patch) to stride ``stride``: transposed convs up, identity, max-pool down."""
     def up2():
@@ -145,6 +128,13 @@ def _resampler(dim: int, patch: int, stride: int) -> nn.Module:
     if stride == patch:
         return nn.Identity()
     return nn.MaxPool2d(stride // patch, stride // patch)
+
+
+def _embed_tokens(x: torch.Tensor, pos_embed: PositionalEncodingFourier) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A conv stem's map (B, C, Hp, Wp) -> tokens (B, Hp*Wp, C) plus Fourier positions, and (Hp, Wp)."""
+    Hp, Wp = x.shape[-2:]
+    pos = pos_embed(1, Hp, Wp).flatten(2).transpose(1, 2)  # (1, N, C)
+    return x.flatten(2).transpose(1, 2) + pos.to(x.dtype), (Hp, Wp)
 
 
 def _tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -162,17 +152,14 @@ class XCiTColumnar(nn.Module):
             [7,11,15,23] for 24, else evenly spaced ending at depth-1).
         drop_path_rate: stochastic depth, constant over blocks (as timm's XCiT).
         attention: "xca" (default) or "global" (softmax attention over tokens; benchmarks only).
-        out_strides: strides of the 4 stage outputs (default [4, 8, 16, 32]); each in patch/4 .. patch*4.
-        global_blocks: indices of blocks that use softmax attention over tokens instead of XCA.
 
     Attributes: ``out_channels`` (4 x embed_dim), ``out_strides``, ``stage_heads``,
     ``patch_size``, ``pad_multiple`` (32: input sides must be multiples of it for ``embed``).
     """
 
-    def __init__(self, name: str = "xcit_nano_12_p8", embed_dim: Optional[int] = None, depth: Optional[int] = None,
+    def __init__(self, name: str = "xcit_micro_6_p8", embed_dim: Optional[int] = None, depth: Optional[int] = None,
                  num_heads: Optional[int] = None, patch_size: Optional[int] = None,
-                 out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0, attention: str = "xca",
-                 out_strides: Optional[Sequence[int]] = None, global_blocks: Sequence[int] = ()):
+                 out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0, attention: str = "xca"):
         super().__init__()
         args = xcit_variant_args(name)
         for key, value in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_size=patch_size).items():
@@ -196,45 +183,23 @@ class XCiTColumnar(nn.Module):
         # Trunk: names match timm's Xcit so its state dict loads.
         self.patch_embed = ConvPatchEmbed(img_size=224, patch_size=patch, embed_dim=dim, act_layer=nn.GELU)
         self.pos_embed = PositionalEncodingFourier(dim=dim)
-        if any(not 0 <= b < depth for b in global_blocks):
-            raise ValueError(f"model.vision.global_blocks: block indices must be in [0, {depth - 1}], got {list(global_blocks)}")
         self.blocks = nn.ModuleList([make_xca_block(dim, heads, eta=args["eta"], drop_path=drop_path_rate,
-                                                    attention="global" if b in global_blocks else attention)
-                                     for b in range(depth)])
+                                                    attention=attention) for _ in range(depth)])
         _init_linear(self.blocks)
 
-        # Resampling to strides 4/8/16/32 by default (XCiT semantic-segmentation backbone's fpn1..4).
-        # Coarser-than-patch strides are max-pooled; `out_strides` can keep the late stages at the
-        # patch grid instead (small objects: a 128 px input pooled to 4x4 loses them).
-        out_strides = list(out_strides if out_strides is not None else DENSE_OUT_STRIDES)
-        valid = {patch // 4, patch // 2, patch, patch * 2, patch * 4} & {4, 8, 16, 32}
-        if len(out_strides) != 4 or any(s not in valid for s in out_strides) or out_strides != sorted(out_strides):
-            raise ValueError(f"model.vision.out_strides: expected 4 non-decreasing strides from {sorted(valid)} "
-                             f"(patch {patch}), got {out_strides}")
-        self.resample = nn.ModuleList([_resampler(dim, patch, s) for s in out_strides])
+        # Resampling to strides 4/8/16/32 (XCiT semantic-segmentation backbone's fpn1..4); strides
+        # coarser than the patch are max-pooled.
+        self.resample = nn.ModuleList([_resampler(dim, patch, s) for s in OUT_STRIDES])
 
         self.out_channels = [dim] * 4
-        self.out_strides = out_strides
+        self.out_strides = list(OUT_STRIDES)
         self.stage_heads = [heads] * 4
-        # timm ConvPatchEmbed widths: p8 dim/4, dim/2 (strides 2, 4); p16 dim/8, dim/4, dim/2 (2, 4, 8)
-        self.stem_channels = {2: dim // 8, 4: dim // 4, 8: dim // 2} if patch == 16 else {2: dim // 4, 4: dim // 2}
         self.pad_multiple = 32
 
     # -- stage-wise API -----------------------------------------------------------------------
-    def embed(self, x: torch.Tensor, return_stem: bool = False):
-        """(B,3,H,W) image -> patch tokens (B, Hp*Wp, C) with Fourier positions added, and (Hp, Wp).
-
-        With ``return_stem`` also a dict {stride: map} of the conv stem's inner activations
-        (strides 2, 4 (, 8 for p16); channels in ``stem_channels``).
-        """
-        x, taps = run_stem(self.patch_embed.proj, x)  # = timm ConvPatchEmbed.forward, keeping the taps
-        Hp, Wp = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        pos = self.pos_embed(1, Hp, Wp).flatten(2).transpose(1, 2)  # (1, N, C)
-        tokens = x + pos.to(x.dtype)
-        if return_stem:
-            return tokens, (Hp, Wp), {2 ** (k + 1): t for k, t in enumerate(taps)}
-        return tokens, (Hp, Wp)
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B,3,H,W) image -> patch tokens (B, Hp*Wp, C) with Fourier positions added, and (Hp, Wp)."""
+        return _embed_tokens(self.patch_embed.proj(x), self.pos_embed)
 
     def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
         """Run the blocks of stage ``i`` on tokens (B, Hp*Wp, C); an optional CLS (B,1,C) goes along.
@@ -261,7 +226,7 @@ class XCiTColumnar(nn.Module):
 
         Same values as timm's ``Xcit.forward_intermediates(x, indices=out_indices)`` with the same weights.
         """
-        x = _pad_to(x, self.patch_size)
+        x = pad_to_multiple(x, self.patch_size)
         t, (Hp, Wp) = self.embed(x)
         outs = []
         for i in range(4):
@@ -271,7 +236,7 @@ class XCiTColumnar(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B,3,H,W) -> 4 maps (B, C, H'/s, W'/s), s = 4, 8, 16, 32, H' = H padded to a multiple of 32."""
-        x = _pad_to(x, self.pad_multiple)
+        x = pad_to_multiple(x, self.pad_multiple)
         t, (Hp, Wp) = self.embed(x)
         outs = []
         for i in range(4):
@@ -329,20 +294,13 @@ class XCiTHierarchical(nn.Module):
                            for _ in range(depths[i])]) for i in range(4)])
         _init_linear(self)
         self.out_channels = dims
-        self.out_strides = list(DENSE_OUT_STRIDES)
+        self.out_strides = list(OUT_STRIDES)
         self.stage_heads = heads
-        self.stem_channels = {2: dims[0] // 2}  # its stride-4 features are stage 1 itself
         self.pad_multiple = 32
 
-    def embed(self, x: torch.Tensor, return_stem: bool = False):
-        """(B,3,H,W) -> stride-4 tokens (B, H/4*W/4, dims[0]) with Fourier positions, and (H/4, W/4);
-        with ``return_stem`` also {2: the stem's stride-2 activation}."""
-        x, taps = run_stem(self.patch_embed, x)
-        Hp, Wp = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        pos = self.pos_embed(1, Hp, Wp).flatten(2).transpose(1, 2)
-        tokens = x + pos.to(x.dtype)
-        return (tokens, (Hp, Wp), {2: taps[0]}) if return_stem else (tokens, (Hp, Wp))
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B,3,H,W) -> stride-4 tokens (B, H/4*W/4, dims[0]) with Fourier positions, and (H/4, W/4)."""
+        return _embed_tokens(self.patch_embed(x), self.pos_embed)
 
     def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
         """Stage ``i``: patch merging (i > 0) then its XCA blocks.
@@ -367,7 +325,7 @@ class XCiTHierarchical(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The 4 stage outputs (B, C_i, H/s_i, W/s_i) with no fusion."""
-        x = _pad_to(x, self.pad_multiple)
+        x = pad_to_multiple(x, self.pad_multiple)
         t, (Hp, Wp) = self.embed(x)
         outs = []
         for i in range(4):
