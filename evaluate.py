@@ -82,8 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
 
     from refseg.config import load_run_config
-    from refseg.data.hf import is_hf_export
-    from refseg.data.refer import open_source  # torch-free: bad input fails fast
+    from refseg.data.sources import is_hf_export, open_source  # torch-free: bad input fails fast
 
     cfg = load_run_config(ckpt / "config.yaml")
     data = _data_config(cfg, args)

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from refseg.data.dataset import open_source
+    from refseg.data import open_source
     from refseg.ops import resize
 
     cfg = load_cfg(None, [])

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from refseg.data.refer import (DataError, ReferSource, Sample, UnsafePickleError, decode_segmentation,
-                               py2_text, safe_load_pickle)
+from refseg.data.io import decode_segmentation
+from refseg.data.sources.refer import ReferSource, py2_text, safe_load_pickle
+from refseg.data.types import Sample
+from refseg.errors import DataError, UnsafePickleError
 
 REALREF = Path("/work/shared/realref")
 H, W = 48, 64
@@ -248,6 +250,9 @@ def test_splits_and_counts(toy):
 
 
 def test_samples_in_file_order_with_fields(toy):
+    ref = toy.refs("testB")[0]
+    assert (ref.ref_id, ref.ann_id, ref.image_id, ref.category_id, ref.split) == (5, 105, 4, 1, "testB")
+    assert [tuple(s) for s in ref.sentences] == [(8, "large square", "attribute"), (9, "square in the middle", "position")]
     train = toy.samples("train")
     assert [(s.ref_id, s.sent_id) for s in train] == [(1, 0), (1, 1), (1, 2), (2, 3), (2, 4)]
     s = train[0]
@@ -469,7 +474,7 @@ def test_max_samples(toy, tokenizer):
 def test_open_source(tmp_path):
     from types import SimpleNamespace
 
-    from refseg.data.dataset import open_source
+    from refseg.data import open_source
 
     make_refer_dataset(tmp_path)
     src = open_source(SimpleNamespace(name="toy", root=str(tmp_path), split_by="unc"))

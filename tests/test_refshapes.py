@@ -16,6 +16,7 @@ from pycocotools import mask as mask_utils
 
 from refseg.data import refshapes as R
 from refseg.data.refshapes import ObjectSpec
+from refseg.data.sources import ReferSource
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_train_images=10, num_val_images=4, num_test_images=4, image_size=96, seed=3)
@@ -248,9 +249,8 @@ def test_written_layout_follows_refer_rules(written):
 
 
 def test_refer_source_reads_refshapes(written):
-    refer = pytest.importorskip("refseg.data.refer")
     root, path = written
-    src = refer.ReferSource(root, "refshapes", "refshapes")
+    src = ReferSource(root, "refshapes", "refshapes")
     assert set(src.splits()) == {"train", "val", "test"}
     refs = json.loads((path / R.REFS_FILE).read_text())
     inst = json.loads((path / "instances.json").read_text())

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .refer import DataError, Sample, open_source
+from ..errors import DataError
 from .transforms import encode_text, preprocess_image, resize_label_map, resize_mask
+from .types import Sample, Source
 
-__all__ = ["RefSegDataset", "collate", "open_source", "photometric_jitter"]
+__all__ = ["RefSegDataset", "collate", "photometric_jitter"]
 
 
 class RefSegDataset(Dataset):
@@ -33,7 +34,7 @@ class RefSegDataset(Dataset):
     its class (``source.load_semantic``), for the auxiliary category-segmentation loss.
     """
 
-    def __init__(self, source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
+    def __init__(self, source: Source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
                  train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
                  seed: int = 0, semantic: bool = False):
         if semantic and not hasattr(source, "load_semantic"):

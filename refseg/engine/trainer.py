@@ -239,7 +239,7 @@ class Trainer:
         return self
 
     def _setup_data(self) -> None:
-        from ..data.dataset import RefSegDataset, open_source
+        from ..data import RefSegDataset, open_source
         from ..models.text import load_tokenizer
 
         cfg, tc, acc = self.config, self.config.train, self.accelerator

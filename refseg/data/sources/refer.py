@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import json
 import pickle
-import warnings
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
-import cv2
 import numpy as np
 
-from ..errors import DataError, UnsafePickleError
-
-# Canonical order for printing; other split names follow alphabetically.
-SPLIT_ORDER = ("train", "val", "validation", "test", "testA", "testB", "testC")
+from ...errors import DataError, UnsafePickleError
+from ..io import decode_segmentation, read_image
+from ..types import Ref, Sample, Sentence
+from .base import RefsBySplit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,122 +105,6 @@ def py2_text(s: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Samples, masks, images
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One (ref, sentence) pair. ``height``/``width`` are the original image size."""
-
-    ref_id: int
-    sent_id: int
-    sentence: str
-    image_id: int
-    ann_id: int
-    image_path: str
-    height: int
-    width: int
-    category_id: int
-    split: str
-    expr_type: Optional[str] = None
-
-
-def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.ndarray:
-    """COCO segmentation -> bool mask (height, width): the union of all parts.
-
-    ``segm``: polygons ``[[x1, y1, x2, y2, ...], ...]`` (a flat single polygon is accepted too),
-    an RLE dict with uncompressed ``counts`` (a list, crowd annotations) or compressed ``counts``
-    (str/bytes), or a list of RLE dicts. Raises DataError (naming ``where``) on empty or malformed
-    input and on an empty result.
-    """
-    from pycocotools import mask as mask_utils
-
-    h, w = int(height), int(width)
-    try:
-        if isinstance(segm, dict):
-            rle = _rle(segm, h, w, where)
-        elif isinstance(segm, (list, tuple)) and segm and all(isinstance(p, dict) for p in segm):
-            rle = mask_utils.merge([_rle(p, h, w, where) for p in segm], intersect=False)
-        elif isinstance(segm, (list, tuple, np.ndarray)):
-            polys = list(segm)
-            if polys and not isinstance(polys[0], (list, tuple, np.ndarray)):
-                polys = [polys]  # one flat polygon (lmms-lab exports)
-            parts = []
-            for p in polys:
-                p = [float(v) for v in p]
-                if len(p) % 2:
-                    raise DataError(f"{where}: polygon with an odd number of coordinates ({len(p)})")
-                if len(p) >= 6:  # fewer than 3 points has no area; len 4 would be read as a box
-                    parts.append(p)
-            if not parts:
-                raise DataError(f"{where}: empty polygon (no part with at least 3 points)")
-            rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w), intersect=False)
-        else:
-            raise DataError(f"{where}: unsupported segmentation of type {type(segm).__name__}")
-        with warnings.catch_warnings():  # pycocotools' numpy-2 copy= DeprecationWarning
-            warnings.simplefilter("ignore", DeprecationWarning)
-            m = mask_utils.decode(rle)
-    except DataError:
-        raise
-    except Exception as e:  # pycocotools raises bare Exceptions / TypeErrors on bad input
-        raise DataError(f"{where}: cannot decode the segmentation ({type(e).__name__}: {e})") from None
-    if m.ndim == 3:
-        m = m.any(axis=2)
-    m = m.astype(bool)
-    if m.shape != (h, w):
-        raise DataError(f"{where}: mask is {m.shape[0]}x{m.shape[1]} but the image is {h}x{w}")
-    if not m.any():
-        raise DataError(f"{where}: the object mask is empty")
-    return m
-
-
-def _rle(segm: dict, h: int, w: int, where: str) -> dict:
-    from pycocotools import mask as mask_utils
-
-    if "counts" not in segm or "size" not in segm:
-        raise DataError(f"{where}: RLE segmentation without 'counts'/'size'")
-    size = [int(v) for v in segm["size"]]
-    if size != [h, w]:
-        raise DataError(f"{where}: RLE size {size[0]}x{size[1]} does not match the image {h}x{w}")
-    counts = segm["counts"]
-    if isinstance(counts, (list, tuple, np.ndarray)):  # uncompressed (iscrowd=1 in COCO)
-        return mask_utils.frPyObjects({"counts": [int(c) for c in counts], "size": size}, h, w)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    if not isinstance(counts, bytes):
-        raise DataError(f"{where}: RLE counts of type {type(counts).__name__}")
-    return {"counts": counts, "size": size}
-
-
-_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # COCO masks are in the stored frame
-
-
-def read_image(path: str | Path, where: str = "") -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3); EXIF orientation is ignored (like PIL / COCO)."""
-    path = str(path)
-    img = cv2.imread(path, _IMREAD_FLAGS)
-    if img is None:
-        what = "missing" if not Path(path).exists() else "unreadable (not an image, or corrupt)"
-        raise DataError(f"{path}: image file {what}" + (f" ({where})" if where else ""))
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    """Encoded image bytes (JPEG/PNG/...) -> RGB uint8 (H, W, 3)."""
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _IMREAD_FLAGS) if data else None
-    if img is None:
-        raise DataError(f"{where}: embedded image cannot be decoded")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def sort_splits(names: Iterable[str]) -> list[str]:
-    names = list(dict.fromkeys(names))
-    known = [s for s in SPLIT_ORDER if s in names]
-    return known + sorted(s for s in names if s not in SPLIT_ORDER)
-
-
-# ---------------------------------------------------------------------------------------------
 # The refer source
 # ---------------------------------------------------------------------------------------------
 
@@ -242,10 +123,11 @@ def refs_file(root: str | Path, dataset: str, split_by: str) -> Path:
     raise DataError(f"{folder / f'refs({split_by}).p'}: refs file not found{hint}")
 
 
-class ReferSource:
+class ReferSource(RefsBySplit):
     """A dataset in the refer layout. ``samples(split)`` lists every (ref, sentence) pair in file order."""
 
     def __init__(self, root: str | Path, dataset: str, split_by: str, image_dir: str | Path | None = None):
+        super().__init__()
         self.root = Path(root)
         self.dataset = dataset
         self.split_by = split_by
@@ -262,11 +144,9 @@ class ReferSource:
 
         raw_refs = self._load_refs()
         self.images, self.anns, self.categories = self._load_instances()
-        self._refs: dict[str, list[dict]] = {}
         for i, ref in enumerate(raw_refs):
             r = self._normalise_ref(ref, i)
-            self._refs.setdefault(r["split"], []).append(r)
-        self._samples: dict[str, list[Sample]] = {}
+            self._refs.setdefault(r.split, []).append(r)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -303,7 +183,7 @@ class ReferSource:
             raise DataError(f"{p}: malformed images/annotations/categories entry ({e!r})") from None
         return images, anns, cats
 
-    def _normalise_ref(self, ref: Any, i: int) -> dict:
+    def _normalise_ref(self, ref: Any, i: int) -> Ref:
         where = f"{self.refs_path}: ref #{i}"
         if not isinstance(ref, dict):
             raise DataError(f"{where}: expected a dict, got {type(ref).__name__}")
@@ -311,13 +191,8 @@ class ReferSource:
         try:
             ref_id = int(ref["ref_id"])
             where = f"{self.refs_path}: ref_id {ref_id}"
-            out = {
-                "ref_id": ref_id,
-                "ann_id": int(ref["ann_id"]),
-                "image_id": int(ref["image_id"]),
-                "category_id": int(ref.get("category_id", -1)),
-                "split": py2_text(ref["split"]),
-            }
+            ids = dict(ref_id=ref_id, ann_id=int(ref["ann_id"]), image_id=int(ref["image_id"]),
+                       category_id=int(ref.get("category_id", -1)), split=py2_text(ref["split"]))
             sents = ref["sentences"]
         except KeyError as e:
             raise DataError(f"{where}: missing key {e.args[0]!r}") from None
@@ -340,49 +215,27 @@ class ReferSource:
                 etype = s.get("type")
             else:  # a bare string
                 text, sid, etype = s, (sent_ids[j] if j < len(sent_ids) else j), None
-            sentences.append((int(sid), py2_text(text), None if etype is None else py2_text(etype)))
+            sentences.append(Sentence(int(sid), py2_text(text), None if etype is None else py2_text(etype)))
         if not sentences:
             raise DataError(f"{where}: ref without sentences")
-        out["sentences"] = sentences
-        return out
+        return Ref(**ids, sentences=tuple(sentences))
 
     # -- the source interface -----------------------------------------------------------------
 
-    def splits(self) -> list[str]:
-        return sort_splits(self._refs)
+    def _location(self) -> str:
+        return f" in {self.refs_path}"
 
-    def _check_split(self, split: str) -> None:
-        if split not in self._refs:
-            raise DataError(f"unknown split '{split}' for {self.name} in {self.refs_path}: "
-                            f"valid splits are {', '.join(self.splits())}")
-
-    def refs(self, split: str) -> list[dict]:
-        """The refs of ``split`` in file order: dicts with ref_id, ann_id, image_id, category_id, split,
-        sentences [(sent_id, text, type)]."""
-        self._check_split(split)
-        return list(self._refs[split])
-
-    def samples(self, split: str) -> list[Sample]:
-        self._check_split(split)
-        if split not in self._samples:
-            out = []
-            for r in self._refs[split]:
-                img = self.images.get(r["image_id"])
-                if img is None:
-                    raise DataError(f"{self.refs_path}: ref_id {r['ref_id']}: image_id {r['image_id']} "
-                                    f"is not in {self.instances_path}")
-                path = str(self.image_dir / img["file_name"])
-                for sid, text, etype in r["sentences"]:
-                    out.append(Sample(ref_id=r["ref_id"], sent_id=sid, sentence=text, image_id=r["image_id"],
-                                      ann_id=r["ann_id"], image_path=path, height=int(img["height"]),
-                                      width=int(img["width"]), category_id=r["category_id"], split=split,
-                                      expr_type=etype))
-            self._samples[split] = out
-        return list(self._samples[split])
+    def _samples_of(self, ref: Ref) -> list[Sample]:
+        img = self.images.get(ref.image_id)
+        if img is None:
+            raise DataError(f"{self.refs_path}: ref_id {ref.ref_id}: image_id {ref.image_id} "
+                            f"is not in {self.instances_path}")
+        return ref.samples(str(self.image_dir / img["file_name"]), int(img["height"]), int(img["width"]))
 
     def load_image(self, sample: Sample) -> np.ndarray:
         """RGB uint8 (H, W, 3) at the original size."""
-        img = read_image(sample.image_path, f"ref_id {sample.ref_id}, image_id {sample.image_id}")
+        img = read_image(sample.image_path, orientation="stored",
+                         where=f"ref_id {sample.ref_id}, image_id {sample.image_id}")
         if img.shape[:2] != (sample.height, sample.width):
             raise DataError(f"{sample.image_path}: image is {img.shape[0]}x{img.shape[1]} but "
                             f"{self.instances_path.name} says {sample.height}x{sample.width} "
@@ -431,26 +284,3 @@ class ReferSource:
 
     def __repr__(self) -> str:
         return f"ReferSource({str(self.root)!r}, {self.dataset!r}, {self.split_by!r})"
-
-
-def open_source(data_cfg, image_dir: str | Path | None = None):
-    """Open ``cfg.data``: a refer-layout folder ``<root>/<name>`` or a Hugging Face export path.
-
-    ``name`` may be refshapes / refcoco / refcoco+ / refcocog / any folder under ``root`` in the refer
-    layout, or a path (absolute, relative to the working directory, or under ``root``) to a .parquet /
-    .arrow file or an export folder.
-    """
-    from .hf import HFSource, is_hf_export  # hf imports this module
-
-    name = str(data_cfg.name)
-    root = Path(str(data_cfg.root)).expanduser()
-    coco_images = root / "images" / "train2014"
-    candidates = [Path(name).expanduser()]
-    if not candidates[0].is_absolute():
-        candidates.append(root / name)
-    for c in candidates:
-        if c.exists() and is_hf_export(c):
-            return HFSource(c, image_dir=image_dir or (coco_images if coco_images.is_dir() else None))
-    if not root.is_dir():
-        raise DataError(f"data root not found: {root} (set data.root or --data-root; see docs/DATA.md)")
-    return ReferSource(root, name, str(data_cfg.split_by), image_dir=image_dir)
