@@ -4,7 +4,6 @@ parameters changed."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import cv2
 import numpy as np
 
 from ...errors import UserError
-from ...utils import atomic_directory, recover_directory
+from ...utils import atomic_directory, cpu_cores, recover_directory
 from .expressions import generate_refs, shares_attribute
 from .grammar import EXPR_TYPES, normalize_sentence
 from .render import render_image
@@ -112,11 +111,8 @@ def validate_params(num_train: int, num_val: int, num_test: int, image_size: int
 
 
 def _num_workers(n: int) -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8, n // 250))
+    """Processes for ``n`` images: one per 250 images, at most 8 and the cores we may use."""
+    return max(1, min(cpu_cores(), 8, n // 250))
 
 
 def _worker_init() -> None:
