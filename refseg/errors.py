@@ -30,6 +30,10 @@ class RunDirectoryError(UserError):
     """A run directory cannot be used as asked (e.g. it already holds a run and --resume was not given)."""
 
 
+class RefShapesError(UserError, ValueError):
+    """Bad refshapes generation parameters or an unusable refshapes folder (one-line message)."""
+
+
 class DataError(UserError, ValueError):
     """Bad or missing data; the message names the file and the item (ref / annotation / row).
 

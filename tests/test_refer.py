@@ -543,36 +543,3 @@ def test_lavt_configs(name, split_by):
     assert cfg.model.vision.pretrained == "xcit_small_12_p16_384.fb_dist_in1k"
     assert cfg.model.text.name == "bert-base-uncased" and cfg.model.text.trainable_layers == list(range(10))
     assert cfg.loss.dice_weight == 0 and cfg.loss.class_weights == [0.9, 1.1]
-
-
-def test_semantic_map_paints_every_object_of_the_image(tmp_path, tokenizer):
-    """load_semantic: all annotations of the image with their class; a small object in front of a large
-    one keeps its pixels whatever the file order; the dataset resizes it with nearest neighbours."""
-    from refseg.data.dataset import RefSegDataset
-
-    small = rect_mask(14, 14, 20, 20)
-    anns = {106: (2, [rect(14, 14, 20, 20)], small), **ANNS}  # small one first in the file
-    make_refer_dataset(tmp_path, anns=anns)
-    inst_path = tmp_path / "toy" / "instances.json"
-    inst = json.loads(inst_path.read_text())
-    for a in inst["annotations"]:
-        a["category_id"] = {106: 90, 102: 90}.get(a["id"], 3)
-    inst["categories"] = [{"id": 90, "name": "ball"}, {"id": 3, "name": "car"}]
-    inst_path.write_text(json.dumps(inst))
-    src = ReferSource(tmp_path, "toy", "unc")
-    assert src.category_ids == [3, 90]  # class k = 1 + index: car 1, ball 2
-    by_ann = {s.ann_id: s for s in src.samples("train") + src.samples("val")}
-    sem = src.load_semantic(by_ann[101])  # image 1: ann 101 (car) and 102 (ball)
-    assert sem.dtype == np.int64 and sem.shape == (H, W)
-    np.testing.assert_array_equal(sem == 1, ANNS[101][2])
-    np.testing.assert_array_equal(sem == 2, ANNS[102][2])
-    sem2 = src.load_semantic(by_ann[103])  # image 2: the small ball on the large car
-    np.testing.assert_array_equal(sem2 == 2, small)
-    np.testing.assert_array_equal(sem2 == 1, ANNS[103][2] & ~small)
-    assert (sem2 == 0).sum() == H * W - (ANNS[103][2] | small).sum()
-
-    ds = RefSegDataset(src, "val", tokenizer, image_size=32, max_tokens=8, train=True, semantic=True)
-    item = ds[0]
-    assert item["semantic_labels"].shape == (32, 32) and item["semantic_labels"].dtype == torch.long
-    assert set(item["semantic_labels"].unique().tolist()) == {0, 1, 2}
-    assert "semantic_labels" not in RefSegDataset(src, "val", tokenizer, 32, 8, train=True)[0]

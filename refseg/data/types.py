@@ -74,12 +74,7 @@ class Ref:
 
 @runtime_checkable
 class Source(Protocol):
-    """A dataset of referring expressions, read split by split.
-
-    Sources that annotate every object of an image (the refer layout's ``instances.json``) also have
-    ``category_ids`` and ``load_semantic(sample) -> int64 (H, W)`` (0 background, k = 1 + index into
-    ``category_ids``), which the auxiliary category loss needs; ``RefSegDataset`` checks for them.
-    """
+    """A dataset of referring expressions, read split by split."""
 
     name: str  # for messages: "refcoco (unc)", an export path, ...
 

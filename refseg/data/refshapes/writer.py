@@ -12,7 +12,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from ...errors import UserError
+from ...errors import RefShapesError
 from ...utils import atomic_directory, cpu_cores, recover_directory
 from .expressions import generate_refs, shares_attribute
 from .grammar import EXPR_TYPES, normalize_sentence
@@ -32,10 +32,6 @@ SPLITS = ("train", "val", "test")
 IMAGE_EXT = ".jpg"
 IMAGE_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 CATEGORY_IDS = {name: i + 1 for i, name in enumerate(SHAPES)}
-
-
-class RefShapesError(UserError, ValueError):
-    """Bad generation parameters or an unusable refshapes folder (one-line message)."""
 
 
 def image_rng(seed: int, image_id: int) -> np.random.Generator:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -251,36 +250,6 @@ class ReferSource(RefsBySplit):
         if "segmentation" not in ann:
             raise DataError(f"{where}: annotation has no segmentation")
         return decode_segmentation(ann["segmentation"], sample.height, sample.width, where)
-
-    # -- all objects of an image (auxiliary supervision) -----------------------------------------
-
-    @cached_property
-    def category_ids(self) -> list[int]:
-        """Sorted category ids of instances.json; class k of ``load_semantic`` is ``category_ids[k-1]``."""
-        return sorted(set(self.categories) or {int(a.get("category_id", 0)) for a in self.anns.values()})
-
-    @cached_property
-    def _semantic_index(self) -> tuple[dict[int, list[dict]], dict[int, int]]:
-        """(image_id -> its annotations, largest first; category id -> class) for ``load_semantic``."""
-        by_image: dict[int, list[dict]] = {}
-        for a in self.anns.values():
-            by_image.setdefault(int(a.get("image_id", -1)), []).append(a)
-        for anns in by_image.values():
-            anns.sort(key=lambda a: -float(a.get("area", 0.0)))
-        return by_image, {c: k + 1 for k, c in enumerate(self.category_ids)}
-
-    def load_semantic(self, sample: Sample) -> np.ndarray:
-        """int64 (H, W): 0 background, k = 1 + index of the category in ``category_ids``, for every
-        annotated object of the sample's image (not only the referred one). Larger objects are painted
-        first, so a small object in front of a large one keeps its pixels."""
-        by_image, index = self._semantic_index
-        out = np.zeros((sample.height, sample.width), np.int64)
-        for a in by_image.get(sample.image_id, []):
-            if "segmentation" not in a or int(a.get("category_id", -1)) not in index:
-                continue
-            where = f"{self.instances_path}: image_id {sample.image_id}, ann_id {a.get('id')}"
-            out[decode_segmentation(a["segmentation"], sample.height, sample.width, where)] = index[int(a["category_id"])]
-        return out
 
     def __repr__(self) -> str:
         return f"ReferSource({str(self.root)!r}, {self.dataset!r}, {self.split_by!r})"
