@@ -29,28 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def newest_checkpoint(runs_dir: str | Path = "runs") -> Path | None:
-    found = [p for p in Path(runs_dir).glob("*/best") if (p / "model.safetensors").is_file()]
-    return max(found, key=lambda p: (p / "model.safetensors").stat().st_mtime) if found else None
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from refseg.cli import quiet_libraries
     from refseg.errors import UserError
     quiet_libraries()
-    from refseg.data.transforms import clean_text
     from refseg.data.io import read_image, write_image
+    from refseg.data.transforms import clean_text
+    from refseg.utils import resolve_checkpoint
     from refseg.visualize import overlay
 
     text = clean_text(args.text)
     if not text:
         raise UserError("--text is empty: give an expression such as \"the man on the left\"")
     image = read_image(args.image)  # validate the input before the (slower) model load
-    ckpt = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
-    if ckpt is None:
-        raise UserError("no checkpoint found under runs/*/best: train one with "
-                        "`accelerate launch train.py` or pass --checkpoint DIR")
+    ckpt = resolve_checkpoint(args.checkpoint)
     if not args.checkpoint:
         print(f"using the newest checkpoint: {ckpt}")
     from refseg.predictor import Predictor

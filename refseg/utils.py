@@ -104,3 +104,29 @@ def offline_environment() -> None:
     """
     for key, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+
+
+def newest_checkpoint(runs_dir: str | os.PathLike = "runs") -> Path | None:
+    """The most recently written ``<runs_dir>/*/best`` checkpoint directory, or None."""
+    found = [p for p in Path(runs_dir).glob("*/best") if (p / "model.safetensors").is_file()]
+    return max(found, key=lambda p: (p / "model.safetensors").stat().st_mtime) if found else None
+
+
+def resolve_checkpoint(path: str | os.PathLike | None, runs_dir: str | os.PathLike = "runs") -> Path:
+    """``path`` if given, else the newest ``runs/*/best``; UserError (one line) when there is none.
+
+    Checked here: that it exists (before a command spends seconds importing torch); whether it is
+    a complete, loadable checkpoint is checked when it is loaded.
+    """
+    from .errors import CheckpointError, UserError
+
+    if path:
+        if not Path(path).expanduser().is_dir():
+            what = "not a checkpoint directory" if Path(path).expanduser().exists() else "checkpoint directory not found"
+            raise CheckpointError(f"{what}: {path}")
+        return Path(path).expanduser()
+    found = newest_checkpoint(runs_dir)
+    if found is None:
+        raise UserError(f"no checkpoint found under {Path(runs_dir) / '*' / 'best'}: train one with "
+                        "`accelerate launch train.py` or pass --checkpoint DIR")
+    return found

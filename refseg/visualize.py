@@ -2,11 +2,15 @@
 ``refseg.data.io``."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import cv2
 import numpy as np
 
 TINT = (255, 64, 32)  # RGB of the predicted-mask tint
 GT_COLOUR = (40, 220, 60)
+# One colour per expression when several are drawn in one overlay (TINT first; GT's green left out).
+PALETTE = (TINT, (30, 144, 255), (255, 200, 0), (200, 80, 255), (0, 210, 200), (255, 105, 180))
 
 
 def _font(size: int):
@@ -20,40 +24,65 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, text: str | None = None,
-            gt: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
-    """Tint ``mask`` on ``image``, outline it (and ``gt`` in green), caption with ``text``.
+def overlay(image: np.ndarray, mask: np.ndarray, text: str | Sequence[str] | None = None,
+            gt: np.ndarray | None = None, alpha: float = 0.45,
+            colours: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """Tint each mask on ``image`` in its own colour, outline it (and ``gt`` in green), caption it.
 
-    image RGB uint8 (H, W, 3), mask bool (H, W) -> RGB uint8 (H, W, 3), same size.
+    image RGB uint8 (H, W, 3); mask bool (H, W), or (K, H, W) for K expressions; text one caption,
+    or K captions (one line each, in its mask's colour). ``colours`` defaults to ``PALETTE`` (the
+    first is ``TINT``). Returns RGB uint8 (H, W, 3), the image's size. Later masks are blended over
+    earlier ones where they overlap.
     """
-    from PIL import Image, ImageDraw
-
-    m = mask.astype(bool)
+    masks = mask[None] if mask.ndim == 2 else mask
+    colours = list(colours or PALETTE)
+    if len(colours) < len(masks):
+        raise ValueError(f"overlay: {len(masks)} masks but only {len(colours)} colours")
     out = image.copy()
-    tint = np.array(TINT, np.float32) * alpha
-    # Blend in bands of rows: float scratch memory stays small on 6000x4000 photos.
-    for r0 in range(0, m.shape[0], 256):
-        band, mb = out[r0:r0 + 256], m[r0:r0 + 256]
-        band[mb] = (band[mb].astype(np.float32) * (1 - alpha) + tint + 0.5).astype(np.uint8)
-    h, w = m.shape
+    h, w = masks.shape[-2:]
     thick = max(1, round(min(h, w) / 250))
+    for m, colour in zip(masks, colours):
+        m = m.astype(bool, copy=False)
+        tint = np.array(colour, np.float32) * alpha
+        # Blend in bands of rows: float scratch memory stays small on 6000x4000 photos.
+        for r0 in range(0, h, 256):
+            band, mb = out[r0:r0 + 256], m[r0:r0 + 256]
+            band[mb] = (band[mb].astype(np.float32) * (1 - alpha) + tint + 0.5).astype(np.uint8)
     if gt is not None:
         cs, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, cs, -1, GT_COLOUR, thick)
-    cs, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, cs, -1, TINT, thick)
+    for m, colour in zip(masks, colours):
+        cs, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, cs, -1, colour, thick)
     if text:
-        size = max(10, min(h, w) // 22)
-        font = _font(size)
-        caption = " ".join(text.split())
-        max_chars = max(8, int(w / (0.55 * size)))
-        if len(caption) > max_chars:
-            caption = caption[: max_chars - 1] + "…"
-        pad = max(2, size // 4)
-        box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), caption, font=font)
-        bw, bh = min(w, box[2] + 2 * pad), min(h, box[3] + 2 * pad)
-        # Draw the caption on its own small black box, then paste it: no full-size PIL copy.
-        label = Image.new("RGB", (bw, bh), (0, 0, 0))
-        ImageDraw.Draw(label).text((pad, pad), caption, fill=(255, 255, 255), font=font)
-        out[:bh, :bw] = np.asarray(label)
+        texts = [text] if isinstance(text, str) else list(text)
+        # One caption: white text (the mask's colour is obvious); several: each in its mask's colour.
+        fills = [(255, 255, 255)] if len(texts) == 1 else colours[:len(texts)]
+        _caption(out, texts, fills)
     return out
+
+
+def _caption(out: np.ndarray, texts: Sequence[str], fills: Sequence[tuple[int, int, int]]) -> None:
+    """Draw ``texts`` one per line on a black box at the top left of ``out`` (in place)."""
+    from PIL import Image, ImageDraw
+
+    h, w = out.shape[:2]
+    size = max(10, min(h, w) // 22)
+    font = _font(size)
+    max_chars = max(8, int(w / (0.55 * size)))
+    lines = []
+    for t in texts:
+        line = " ".join(t.split())
+        lines.append(line[: max_chars - 1] + "…" if len(line) > max_chars else line)
+    pad = max(2, size // 4)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    boxes = [probe.textbbox((0, 0), line, font=font) for line in lines]
+    step = max(b[3] for b in boxes) + pad
+    bw = min(w, max(b[2] for b in boxes) + 2 * pad)
+    bh = min(h, step * len(lines) + pad)
+    # Draw the caption on its own small black box, then paste it: no full-size PIL copy.
+    label = Image.new("RGB", (bw, bh), (0, 0, 0))
+    draw = ImageDraw.Draw(label)
+    for i, (line, fill) in enumerate(zip(lines, fills)):
+        draw.text((pad, pad + i * step), line, fill=tuple(fill), font=font)
+    out[:bh, :bw] = np.asarray(label)

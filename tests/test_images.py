@@ -123,6 +123,38 @@ def test_overlay_keeps_size_and_marks_the_mask():
     assert np.array_equal(out[45, 5], img[45, 5])  # untouched outside (below the caption)
 
 
+def test_overlay_colours_each_mask_and_captions_each_expression():
+    from refseg.visualize import PALETTE
+
+    img = np.full((120, 160, 3), 100, np.uint8)
+    masks = np.zeros((3, 120, 160), bool)
+    masks[0, 60:80, 10:40] = True
+    masks[1, 60:80, 60:90] = True
+    masks[2, 60:80, 110:140] = True
+    out = overlay(img, masks, ["first", "second", "third"])
+    assert out.shape == img.shape and out.dtype == np.uint8
+    centres = [out[70, 25], out[70, 75], out[70, 125]]
+    for got, colour in zip(centres, PALETTE):  # each tinted towards its own colour
+        want = (img[0, 0].astype(np.float32) * 0.55 + np.array(colour, np.float32) * 0.45 + 0.5).astype(np.uint8)
+        assert np.array_equal(got, want)
+    assert np.array_equal(out[110, 80], img[110, 80])  # outside every mask and below the caption
+    # One caption line per expression: the caption box is about three lines tall.
+    def box_height(o):  # the caption box is black; text starts a padding away from its left edge
+        return int((o[:, 0] == 0).all(axis=-1).sum())
+
+    assert box_height(out) > 2 * box_height(overlay(img, masks[0], "first"))
+    with pytest.raises(ValueError, match="colours"):
+        overlay(img, np.zeros((len(PALETTE) + 1, 120, 160), bool))
+
+
+def test_max_pixels_refuses_from_the_header(tmp_path):
+    p = tmp_path / "big.png"
+    Image.new("1", (4000, 3000)).save(p)  # 12 megapixels, tiny on disk
+    with pytest.raises(ImageReadError, match="too large: 4000x3000 is 12.0 megapixels, the limit is 10"):
+        read_image(p, max_pixels=10_000_000)
+    assert read_image(p, max_pixels=12_000_000).shape == (3000, 4000, 3)
+
+
 def test_label_resize_keeps_pixel_centres():
     """Masks are resized on the image's pixel-centre grid: a 31x31 square centred at (46, 46) of a 192 px
     image lands centred at (46.5 / 1.5 - 0.5) = 30.5 at 128 px (plain INTER_NEAREST puts it at 31.0)."""

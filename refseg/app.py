@@ -1,0 +1,244 @@
+"""The browser application: a Gradio page and HTTP API over one loaded ``Predictor``.
+
+    python app.py --checkpoint runs/x/best            # http://127.0.0.1:7860
+
+    from gradio_client import Client, handle_file
+    overlay_png, mask_png = Client("http://127.0.0.1:7860/").predict(
+        handle_file("photo.jpg"), "the dog", api_name="/segment")
+
+``Segmenter`` holds the logic without Gradio (validate the input, predict, draw); ``build_demo`` lays
+out the page around it. The model is loaded once, before the server starts; requests are served one
+at a time (a queue), so memory stays bounded by one request at the size limits below.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import ImageReadError, UserError
+from .visualize import PALETTE, overlay, read_image
+
+MAX_MEGAPIXELS = 50.0  # a 48-megapixel phone photo fits; decoding it takes 150 MB, its masks 50 MB each
+MAX_EXPRESSION_CHARS = 300  # RefCOCOg's longest expressions are far shorter; the model reads max_tokens
+MAX_EXPRESSIONS = len(PALETTE)  # one colour each
+MAX_UPLOAD = "100mb"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def parse_expressions(text: Optional[str]) -> list[str]:
+    """The box's text -> one expression per non-empty line (spaces collapsed); UserError if unusable."""
+    if text is None or not str(text).strip():
+        raise UserError("the expression is empty: type what to segment, e.g. \"the man on the left\"")
+    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) > MAX_EXPRESSIONS:
+        raise UserError(f"{len(lines)} expressions: at most {MAX_EXPRESSIONS} at a time (one per line)")
+    for i, line in enumerate(lines):
+        if len(line) > MAX_EXPRESSION_CHARS:
+            which = f"expression {i + 1}" if len(lines) > 1 else "the expression"
+            raise UserError(f"{which} is {len(line):,} characters long; the limit is {MAX_EXPRESSION_CHARS} "
+                            "(a referring expression names one object in a few words)")
+    return lines
+
+
+@dataclass
+class Segmentation:
+    """One request's result. overlay RGB uint8 (H, W, 3); masks bool (K, H, W); mask uint8 (H, W) in
+    {0, 255}, the union of the K masks (the mask itself for one expression)."""
+
+    expressions: list[str]
+    overlay: np.ndarray
+    masks: np.ndarray
+    model_seconds: float
+    total_seconds: float
+    truncated: list[bool] = field(default_factory=list)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.masks.any(axis=0) * 255).astype(np.uint8)
+
+    def summary(self) -> str:
+        """Markdown: the area of each mask and the time taken."""
+        h, w = self.masks.shape[1:]
+        rows = ["| | expression | mask area |", "|---|---|---|"]
+        for k, (expr, m) in enumerate(zip(self.expressions, self.masks)):
+            r, g, b = PALETTE[k]
+            area = int(m.sum())
+            note = " (read up to the model's token limit)" if self.truncated and self.truncated[k] else ""
+            rows.append(f"| <span style=\"color:rgb({r},{g},{b})\">&#9632;</span> | {_escape(expr)}{note} | "
+                        f"{area:,} px ({100.0 * area / (h * w):.1f}%) |")
+        return "\n".join(rows) + (f"\n\n{w}x{h} image; model {1000 * self.model_seconds:.0f} ms, "
+                                  f"total {1000 * self.total_seconds:.0f} ms")
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text).replace("|", "&#124;")
+
+
+class Segmenter:
+    """Validated image file + expression text -> ``Segmentation``, with one ``Predictor``.
+
+    Args:
+        predictor: a loaded ``refseg.Predictor``.
+        max_megapixels: larger images are refused from their header, before decoding.
+    """
+
+    def __init__(self, predictor, max_megapixels: float = MAX_MEGAPIXELS):
+        self.predictor = predictor
+        self.max_pixels = int(max_megapixels * 1e6)
+
+    def read(self, path: str | os.PathLike, name: Optional[str] = None) -> np.ndarray:
+        """An uploaded file -> RGB uint8 (H, W, 3); ImageReadError naming ``name`` (not the server path)."""
+        try:
+            return read_image(path, max_pixels=self.max_pixels)
+        except ImageReadError as e:
+            msg = str(e).replace(str(path), name or Path(path).name)
+            raise ImageReadError(msg) from None
+
+    def segment(self, path: str | os.PathLike, text: Optional[str], name: Optional[str] = None) -> Segmentation:
+        start = time.perf_counter()
+        expressions = parse_expressions(text)  # before the image: cheap checks first
+        image = self.read(path, name)
+        t0 = time.perf_counter()
+        masks = self.predictor.predict(image, expressions)  # (K, H, W) bool, one batched forward
+        model_seconds = time.perf_counter() - t0
+        drawn = overlay(image, masks, expressions if len(expressions) > 1 else expressions[0])
+        return Segmentation(expressions, drawn, masks, model_seconds, time.perf_counter() - start,
+                            truncated=self._truncated(expressions))
+
+    def _truncated(self, expressions: Sequence[str]) -> list[bool]:
+        """Whether each expression has more tokens than the model reads (``model.text.max_tokens``)."""
+        tok = self.predictor.tokenizer
+        return [len(tok(e)["input_ids"]) > self.predictor.max_tokens for e in expressions]
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_examples(cfg, limit: int = 8) -> list[tuple[str, str]]:
+    """(image path, expression) pairs from the val split of the checkpoint's dataset, one per image;
+    [] when that dataset is not on this machine."""
+    from .data.refer import open_source
+
+    try:
+        samples = open_source(cfg.data).samples(cfg.data.val_split)
+    except (UserError, OSError, ValueError):
+        return []
+    out, seen = [], set()
+    for s in samples:
+        if s.image_id in seen or not Path(s.image_path).is_file():
+            continue
+        seen.add(s.image_id)
+        out.append((str(s.image_path), s.sentence))
+        if len(out) == limit:
+            break
+    return out
+
+
+def folder_examples(folder: str | os.PathLike, limit: int = 24) -> list[str]:
+    """Image files under ``folder`` (recursively, sorted by path); UserError if it is not a folder."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--examples: not a directory: {root}")
+    return [str(p) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()][:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+
+
+def offline_gradio():
+    """Import gradio with its telemetry and version check off (they would call out on every start)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import gradio as gr
+    except ImportError:
+        raise UserError("the app needs Gradio: pip install -e \".[app]\"") from None
+    return gr
+
+
+def _payload_path(payload) -> tuple[str, Optional[str]]:
+    """Gradio's un-preprocessed image value (a FileData dict) -> (server path, the user's file name)."""
+    if payload is None:
+        raise UserError("no image: upload, paste or drop a photo first")
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    if not path:
+        raise UserError("no image: upload, paste or drop a photo first")
+    name = payload.get("orig_name") if isinstance(payload, dict) else getattr(payload, "orig_name", None)
+    return str(path), name
+
+
+def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), photos: Sequence[str] = (),
+               title: str = "refseg"):
+    """The Gradio Blocks page around ``segmenter``; its segment event is the API ``/segment``."""
+    gr = offline_gradio()
+
+    def _refuse(message: str):
+        """The page shows ``message``; the server's console gets one line, not a traceback."""
+        print(f"refused a request: {message}", flush=True)
+        return gr.Error(message, title="Cannot segment", print_exception=False)
+
+    def segment(image, text):
+        """Segment the object that each line of ``text`` names: (overlay, mask as 0/255) at the image's size."""
+        try:
+            path, name = _payload_path(image)
+            result = segmenter.segment(path, text, name=name)
+        except UserError as e:
+            raise _refuse(str(e)) from None
+        except MemoryError:
+            raise _refuse("out of memory on this image: try a smaller one") from None
+        return result.overlay, result.mask, result.summary()
+
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title}: segment by expression\n"
+                    "Give a photo, type which object to segment and press Enter. Shift+Enter starts "
+                    "another line: several expressions, one per line, give one coloured mask each.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(label="image", sources=["upload", "clipboard", "webcam"], type="filepath",
+                                 elem_id="image-input")
+                text = gr.Textbox(label="expression", placeholder="the man on the left", lines=1,
+                                  max_lines=MAX_EXPRESSIONS, submit_btn="Segment", elem_id="expression")
+            with gr.Column():
+                drawn = gr.Image(label="overlay", show_label=False, format="png", interactive=False,
+                                 elem_id="overlay", buttons=["download", "fullscreen"])
+                summary = gr.Markdown(elem_id="summary")
+                mask = gr.Image(label="mask (PNG, 0/255)", format="png", interactive=False, image_mode="L",
+                                elem_id="mask", buttons=["download"])
+        if examples:
+            gr.Examples([list(e) for e in examples], inputs=[image, text], label="validation images of the "
+                        "checkpoint's dataset", examples_per_page=len(examples))
+        if photos:
+            gr.Examples([[p, None] for p in photos], inputs=[image, text], label="photos",
+                        examples_per_page=min(len(photos), 12))
+        details = gr.State()
+        event = gr.on([text.submit], fn=segment, inputs=[image, text], outputs=[drawn, mask, details],
+                      api_name="segment", preprocess=False, concurrency_limit=1)
+        event.then(lambda md: md, inputs=details, outputs=summary, api_visibility="private")
+    return demo
+
+
+def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = ()) -> None:
+    """Serve ``demo`` until interrupted; UserError (one line) if the address cannot be used."""
+    gr = offline_gradio()
+    # System fonts: the default theme's web fonts would be one more thing to serve or fetch.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    try:
+        demo.queue(default_concurrency_limit=1).launch(
+            server_name=host, server_port=port, share=False, show_error=False, ssr_mode=False,
+            max_file_size=MAX_UPLOAD, allowed_paths=list(allowed_paths), footer_links=["api"], theme=theme,
+            pwa=False, mcp_server=False)
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port}: {e}") from None
