@@ -121,10 +121,11 @@ def resolve_checkpoint(path: str | os.PathLike | None, runs_dir: str | os.PathLi
     from .errors import CheckpointError, UserError
 
     if path:
-        if not Path(path).expanduser().is_dir():
-            what = "not a checkpoint directory" if Path(path).expanduser().exists() else "checkpoint directory not found"
-            raise CheckpointError(f"{what}: {path}")
-        return Path(path).expanduser()
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            what = "not a checkpoint directory" if p.exists() else "checkpoint directory not found"
+            raise CheckpointError(f"{what}: {p}")
+        return p
     found = newest_checkpoint(runs_dir)
     if found is None:
         raise UserError(f"no checkpoint found under {Path(runs_dir) / '*' / 'best'}: train one with "

@@ -204,7 +204,8 @@ def _chromium() -> str | None:
 def test_page_in_a_real_browser(server, photo, tmp_path):
     """Upload an image and type an expression in headless Chromium; the overlay appears at the image's
     size, the summary reports the area, and the page fetched nothing from outside this machine."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e \".[dev]\")")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e \".[dev]\")")
     browser_path = _chromium()
     if browser_path is None:
         pytest.skip("no system Chromium (apt-get install chromium); the browser test needs one")
