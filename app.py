@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         raise UserError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
     predictor = Predictor.from_pretrained(ckpt, device=args.device)
     segmenter = app.Segmenter(predictor, max_megapixels=args.max_megapixels or app.MAX_MEGAPIXELS)
-    examples = app.dataset_examples(predictor.config)
+    examples = app.dataset_examples(ckpt)
     demo = app.build_demo(segmenter, examples=examples, photos=photos, title="refseg")
     print(f"model {ckpt} on {predictor.device}; {len(examples)} dataset examples, {len(photos)} photos")
     # Gradio serves files only from its cache and the folders named here.

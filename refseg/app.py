@@ -20,8 +20,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .data.io import read_image
 from .errors import ImageReadError, UserError
-from .visualize import PALETTE, overlay, read_image
+from .visualize import PALETTE, overlay
 
 MAX_MEGAPIXELS = 50.0  # a 48-megapixel phone photo fits; decoding it takes 150 MB, its masks 50 MB each
 MAX_EXPRESSION_CHARS = 300  # RefCOCOg's longest expressions are far shorter; the model reads max_tokens
@@ -97,7 +98,7 @@ class Segmenter:
     def read(self, path: str | os.PathLike, name: Optional[str] = None) -> np.ndarray:
         """An uploaded file -> RGB uint8 (H, W, 3); ImageReadError naming ``name`` (not the server path)."""
         try:
-            return read_image(path, max_pixels=self.max_pixels)
+            return read_image(path, orientation="exif", max_pixels=self.max_pixels)
         except ImageReadError as e:
             msg = str(e).replace(str(path), name or Path(path).name)
             raise ImageReadError(msg) from None
@@ -124,13 +125,15 @@ class Segmenter:
 # ---------------------------------------------------------------------------------------------
 
 
-def dataset_examples(cfg, limit: int = 8) -> list[tuple[str, str]]:
-    """(image path, expression) pairs from the val split of the checkpoint's dataset, one per image;
-    [] when that dataset is not on this machine."""
-    from .data.refer import open_source
+def dataset_examples(checkpoint: str | os.PathLike, limit: int = 8) -> list[tuple[str, str]]:
+    """(image path, expression) pairs from the val split of the dataset ``checkpoint`` was trained on
+    (its run config's ``data``), one per image; [] when that dataset is not on this machine."""
+    from .config import load_run_config
+    from .data.sources import open_source
 
     try:
-        samples = open_source(cfg.data).samples(cfg.data.val_split)
+        data = load_run_config(checkpoint).data
+        samples = open_source(data).samples(data.val_split)
     except (UserError, OSError, ValueError):
         return []
     out, seen = [], set()

@@ -22,7 +22,8 @@ Orientation = Literal["stored", "exif"]
 _IMREAD_STORED = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # COCO masks are in the stored frame
 
 
-def read_image(path: str | Path, orientation: Orientation = "exif", where: str = "") -> np.ndarray:
+def read_image(path: str | Path, orientation: Orientation = "exif", where: str = "",
+               max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3).
 
     ``orientation``:
@@ -32,12 +33,13 @@ def read_image(path: str | Path, orientation: Orientation = "exif", where: str =
       raises ``DataError("<path>: image file missing|unreadable ... (<where>)")``.
     - ``"exif"``: as displayed, EXIF rotation applied: for user photos. Decoded with PIL, which also
       handles grayscale, palette, RGBA (composited on white), 16-bit, float and CMYK images; raises
-      ``ImageReadError`` for a missing, empty, unreadable or too large file.
+      ``ImageReadError`` for a missing, empty, unreadable or too large file. With ``max_pixels``, a
+      larger image is refused from its header, before any pixel is decoded (servers, bounded memory).
     """
     if orientation == "stored":
         return _read_stored(str(path), where)
     if orientation == "exif":
-        return _read_displayed(Path(path))
+        return _read_displayed(Path(path), max_pixels)
     raise ValueError(f"orientation must be 'stored' or 'exif', got {orientation!r}")
 
 
@@ -49,7 +51,7 @@ def _read_stored(path: str, where: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _read_displayed(p: Path) -> np.ndarray:
+def _read_displayed(p: Path, max_pixels: int | None = None) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not p.exists():
@@ -61,6 +63,9 @@ def _read_displayed(p: Path) -> np.ndarray:
     Image.MAX_IMAGE_PIXELS = 300_000_000  # large photos are fine; decompression bombs are not
     try:
         with Image.open(p) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageReadError(f"image too large: {im.width}x{im.height} is {im.width * im.height / 1e6:.1f} "
+                                     f"megapixels, the limit is {max_pixels / 1e6:g}")
             im = ImageOps.exif_transpose(im)
             im.load()
             return _to_rgb(im)
