@@ -3,6 +3,7 @@
 
     python demo.py --image photo.jpg --text "the man on the left"
     python demo.py --image x.png --text "the blue square" --checkpoint runs/x/best --out o.png --mask m.png
+    python demo.py --image photo.jpg --text "the dog" --explain explain/   # where each word looked
 
 Without --checkpoint the newest runs/*/best is used.
 """
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="overlay image to write (default: <image>_overlay.png "
                                                 "in the current directory)")
     p.add_argument("--mask", default=None, help="also write the binary mask as a PNG here")
+    p.add_argument("--explain", default=None, metavar="DIR",
+                   help="also write the PWAMs' word attention: one PNG per (word, stage) at the image's size "
+                        "and contact_sheet.png, into DIR")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
@@ -50,6 +54,12 @@ def main(argv=None) -> int:
 
     predictor = Predictor.from_pretrained(ckpt, device=args.device)
     mask = predictor.predict(image, text)
+    if args.explain:
+        explanation = predictor.explain(image, text)
+        paths = explanation.write(args.explain, image)
+        gates = ", ".join(f"stage {i + 1} {g:.3f}" for i, g in enumerate(explanation.gate_means))
+        print(f"word attention of {len(explanation.tokens)} tokens x {explanation.num_stages} stages: "
+              f"{len(paths)} images in {args.explain} (contact_sheet.png); language gate mean |S|: {gates}")
     out = Path(args.out) if args.out else Path(Path(args.image).stem + "_overlay.png")
     write_image(out, overlay(image, mask, text))
     print(f"mask covers {100.0 * mask.mean():.1f}% of the {image.shape[1]}x{image.shape[0]} image")

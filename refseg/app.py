@@ -114,6 +114,12 @@ class Segmenter:
         return Segmentation(expressions, drawn, masks, model_seconds, time.perf_counter() - start,
                             truncated=self._truncated(expressions))
 
+    def explain(self, path: str | os.PathLike, text: Optional[str], name: Optional[str] = None):
+        """(Explanation of the first expression, the image): the PWAMs' word attention, one forward."""
+        expression = parse_expressions(text)[0]
+        image = self.read(path, name)
+        return self.predictor.explain(image, expression), image
+
     def _truncated(self, expressions: Sequence[str]) -> list[bool]:
         """Whether each expression has more tokens than the model reads (``model.text.max_tokens``)."""
         tok = self.predictor.tokenizer
@@ -203,6 +209,19 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
             raise _refuse("out of memory on this image: try a smaller one") from None
         return result.overlay, result.mask, result.summary()
 
+    def explain(image, text):
+        """Where each token of the first expression looked at each stage, and the gates' mean |S|."""
+        try:
+            path, name = _payload_path(image)
+            exp, rgb = segmenter.explain(path, text, name=name)
+        except UserError as e:
+            raise _refuse(str(e)) from None
+        gates = " · ".join(f"stage {i + 1}: {g:.3f}" for i, g in enumerate(exp.gate_means))
+        note = (f"**{_escape(exp.text)}**: each tile is the softmax weight every pixel gives one token in "
+                f"the PWAM of one stage (bright: high, scaled to the tile's maximum). Language gate mean "
+                f"|S| (how much of the fused language each stage lets through): {gates}.")
+        return exp.tiles(rgb), note
+
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}: segment by expression\n"
                     "Give a photo, type which object to segment and press Enter. Shift+Enter starts "
@@ -213,11 +232,12 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
                                  elem_id="image-input")
                 text = gr.Textbox(label="expression", placeholder="the man on the left", lines=1,
                                   max_lines=MAX_EXPRESSIONS, submit_btn="Segment", elem_id="expression")
+                explain_button = gr.Button("Explain: where each word looked", elem_id="explain", size="sm")
             with gr.Column():
                 drawn = gr.Image(label="overlay", show_label=False, format="png", interactive=False,
                                  elem_id="overlay", buttons=["download", "fullscreen"])
                 summary = gr.Markdown(elem_id="summary")
-                mask = gr.Image(label="mask (PNG, 0/255)", format="png", interactive=False, image_mode="L",
+                mask = gr.Image(label="mask (PNG, 0/255)", format="png", interactive=False, image_mode="L", height=260,
                                 elem_id="mask", buttons=["download"])
         if examples:
             gr.Examples([list(e) for e in examples], inputs=[image, text], label="validation images of the "
@@ -225,10 +245,16 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
         if photos:
             gr.Examples([[p, None] for p in photos], inputs=[image, text], label="photos",
                         examples_per_page=min(len(photos), 12))
+        with gr.Accordion("Word attention (rows: tokens, columns: stages 1-4)", open=True):
+            explanation = gr.Markdown(elem_id="explanation")
+            gallery = gr.Gallery(columns=4, height="auto", object_fit="contain", show_label=False,
+                                 elem_id="attention", format="png", interactive=False)
         details = gr.State()
         event = gr.on([text.submit], fn=segment, inputs=[image, text], outputs=[drawn, mask, details],
                       api_name="segment", preprocess=False, concurrency_limit=1)
         event.then(lambda md: md, inputs=details, outputs=summary, api_visibility="private")
+        explain_button.click(explain, inputs=[image, text], outputs=[gallery, explanation], api_name="explain",
+                             api_visibility="undocumented", preprocess=False, concurrency_limit=1)
     return demo
 
 

@@ -62,17 +62,33 @@ class Predictor:
             raise ValueError(f"image: expected dtype uint8, got {image.dtype}")
         return image
 
-    def _model_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
-        """(K, 2, S, S) float32 logits at the model's input size S, on the model's device."""
+    def _inputs(self, image: np.ndarray, text: Union[str, Sequence[str]]):
+        """The model's inputs for K expressions: pixels (K, 3, S, S), input_ids and attention_mask (K, T)."""
         image = self._check_image(image)
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise ValueError("text: expected a non-empty expression")
         pixels = preprocess_image(image, self.image_size).unsqueeze(0).to(self.device)
         ids, mask = encode_text(self.tokenizer, texts, self.max_tokens)
+        return pixels.expand(len(texts), -1, -1, -1), ids.to(self.device), mask.to(self.device)
+
+    def _model_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
+        """(K, 2, S, S) float32 logits at the model's input size S, on the model's device."""
+        inputs = self._inputs(image, text)
         with torch.inference_mode(), autocast(self.device):
-            return self.model(pixels.expand(len(texts), -1, -1, -1), ids.to(self.device),
-                              mask.to(self.device)).logits.float()
+            return self.model(*inputs).logits.float()
+
+    def explain(self, image: np.ndarray, text: str):
+        """One forward pass that also keeps the PWAMs' word attentions and the gates' magnitudes:
+        a ``refseg.explain.Explanation`` (per-word maps per stage, and that forward's mask)."""
+        from .explain import from_model_output
+
+        pixels, ids, mask = self._inputs(image, text)
+        with torch.inference_mode(), autocast(self.device):
+            out = self.model(pixels, ids, mask, output_attentions=True)
+            pred = (object_margin(out.logits.float(), image.shape[:2])[0] > 0).cpu().numpy()
+        return from_model_output(out, ids, mask, self.tokenizer, text, pixels.shape[-2:], self.model.pad_multiple,
+                                 pred)
 
     def predict_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
         """Logits at the image size: (2, H, W) for one expression, (K, 2, H, W) for K expressions. float32, CPU."""

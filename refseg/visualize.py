@@ -86,3 +86,40 @@ def _caption(out: np.ndarray, texts: Sequence[str], fills: Sequence[tuple[int, i
     for i, (line, fill) in enumerate(zip(lines, fills)):
         draw.text((pad, pad + i * step), line, fill=tuple(fill), font=font)
     out[:bh, :bw] = np.asarray(label)
+
+
+def heatmap(image: np.ndarray, weights: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """``weights`` (H, W) float, scaled to its own maximum, in viridis over a dimmed grey ``image``.
+
+    image RGB uint8 (H, W, 3) -> RGB uint8 (H, W, 3).
+    """
+    top = float(weights.max())
+    level = np.clip(weights * (255.0 / top if top > 0 else 0.0), 0, 255).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap(level, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
+    grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(colour, alpha, grey, 1.0 - alpha, 0.0)
+
+
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], col_labels: Sequence[str],
+                  title: str | None = None) -> np.ndarray:
+    """A labelled grid of same-size RGB uint8 tiles: ``rows`` [r][c] -> RGB uint8, on white."""
+    from PIL import Image, ImageDraw
+
+    th, tw = rows[0][0].shape[:2]
+    size = max(12, min(18, th // 10))
+    font = _font(size)
+    gap, left = 4, max(60, int(0.62 * size * max(len(s) for s in row_labels)) + 8)
+    top = (size + 8) * (2 if title else 1)
+    ncol = max(len(r) for r in rows)
+    sheet = Image.new("RGB", (left + ncol * (tw + gap), top + len(rows) * (th + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((4, 2), " ".join(title.split()), fill=(0, 0, 0), font=font)
+    for c, label in enumerate(col_labels):
+        draw.text((left + c * (tw + gap), top - size - 6), label, fill=(0, 0, 0), font=font)
+    for r, (tiles, label) in enumerate(zip(rows, row_labels)):
+        y = top + r * (th + gap)
+        draw.text((4, y + th // 2 - size // 2), label, fill=(0, 0, 0), font=font)
+        for c, tile in enumerate(tiles):
+            sheet.paste(Image.fromarray(tile), (left + c * (tw + gap), y))
+    return np.asarray(sheet)

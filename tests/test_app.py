@@ -203,7 +203,8 @@ def _chromium() -> str | None:
 
 def test_page_in_a_real_browser(server, photo, tmp_path):
     """Upload an image and type an expression in headless Chromium; the overlay appears at the image's
-    size, the summary reports the area, and the page fetched nothing from outside this machine."""
+    size, the summary reports the area, Explain shows a map per (token, stage), and the page fetched
+    nothing from outside this machine."""
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright is not installed (pip install -e \".[dev]\")")
     browser_path = _chromium()
@@ -231,11 +232,16 @@ def test_page_in_a_real_browser(server, photo, tmp_path):
                                  "document.querySelector('#overlay img').naturalHeight]")
             page.locator("#summary table").wait_for(timeout=15_000)
             summary = page.locator("#summary").inner_text()
+            page.locator("#explain").click()  # the word-attention gallery: 5 tokens x 4 stages
+            page.wait_for_function("document.querySelectorAll('#attention img').length >= 20", timeout=30_000)
+            tiles = page.locator("#attention img").count()
+            explanation = page.locator("#explanation").inner_text()
         finally:
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
     print(f"screenshot: {shot}")
     assert size == [160, 120]
     assert "the red disc" in summary and re.search(r"[\d,]+ px \(\d+\.\d%\)", summary) and "160x120 image" in summary
+    assert tiles == 20 and "stage 3:" in explanation
     outside = sorted({u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))})
     assert not outside, f"the page fetched from outside the server: {outside[:5]}"

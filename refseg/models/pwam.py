@@ -74,6 +74,19 @@ class PWAM(nn.Module):
         # LAVT's 1x1 convs keep PyTorch's default init, which nn.Linear shares.
 
     def forward(self, v: torch.Tensor, hw: tuple[int, int], words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._fuse(v, hw, words, mask, need_weights=False)[0]
+
+    def forward_with_attention(self, v: torch.Tensor, hw: tuple[int, int], words: torch.Tensor,
+                               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` that also returns A, the softmax weight each pixel gives each word.
+
+        Returns F (B, N, C) and A (B, heads, N, T) float32: each pixel's weights sum to 1 over the
+        words with mask 1; padding words (mask 0) get 0. F equals ``forward``'s up to float rounding
+        (the softmax is written out instead of the fused attention kernel).
+        """
+        return self._fuse(v, hw, words, mask, need_weights=True)
+
+    def _fuse(self, v, hw, words, mask, need_weights: bool):
         B, N, _ = v.shape
         if self.spatial_cues:
             coords = coordinate_channels(hw[0], hw[1], device=v.device, dtype=v.dtype).expand(B, -1, -1)
@@ -87,14 +100,20 @@ class PWAM(nn.Module):
         val = self.f_value(words) * m  # (B, T, Cv)
         T = k.shape[1]
         q = q.reshape(B, N, h, -1).transpose(1, 2)  # (B, h, N, Ck/h)
-        k = k.reshape(B, T, h, -1).transpose(1, 2)  # (B, h, T, Ck/h)
+        k = k.reshape(B, T, h, -1).transpose(1, 2).to(q.dtype)  # (B, h, T, Ck/h)
         val = val.reshape(B, T, h, -1).transpose(1, 2).to(q.dtype)  # (B, h, T, Cv/h)
         bias = ((m.squeeze(-1) - 1.0) * 1e4).to(q.dtype)[:, None, None, :]  # (B, 1, 1, T): 0 or -1e4
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), val, attn_mask=bias, scale=self.key_dim ** -0.5)
+        scale = self.key_dim ** -0.5
+        attn = None
+        if need_weights:
+            attn = torch.softmax((q.float() @ k.float().transpose(-2, -1)) * scale + bias.float(), dim=-1)
+            out = (attn @ val.float()).to(q.dtype)  # (B, h, N, Cv/h)
+        else:
+            out = F.scaled_dot_product_attention(q, k, val, attn_mask=bias, scale=scale)
         out = out.transpose(1, 2).reshape(B, N, self.value_dim)  # (B, N, Cv)
         g = instance_norm_tokens(self.W(out))  # (B, N, C)
         vm = self.vis_project(vin)  # (B, N, C)
-        return self.project_mm(vm * g)
+        return self.project_mm(vm * g), attn
 
 
 class LanguageGate(nn.Module):

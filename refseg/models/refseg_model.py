@@ -47,10 +47,18 @@ class RefSegOutput(ModelOutput):
     logits: (B, 2, H, W) background/object logits at the input size.
     deep_logits: in training mode, when the model has deep-supervision heads: the two auxiliary
         predictions from the decoder's stride-16 and stride-8 maps, each (B, 2, H, W); else None.
+    attentions: with ``output_attentions``: per stage, the PWAM's softmax weight of each word at each
+        position of the stage's token grid, (B, heads, T, h_i, w_i) float32 (summing to 1 over the
+        words with attention_mask 1; 0 for padding). The grid covers the input padded to
+        ``pad_multiple`` (bottom/right).
+    gate_magnitudes: with ``output_attentions``: per gated stage (1-3), the language gate's mean
+        |S| over channels, (B, h_i, w_i) float32: how much language each position lets through.
     """
 
     logits: torch.Tensor = None
     deep_logits: Optional[tuple[torch.Tensor, ...]] = None
+    attentions: Optional[tuple[torch.Tensor, ...]] = None
+    gate_magnitudes: Optional[tuple[torch.Tensor, ...]] = None
 
 
 def _model_config(config: Union[ModelConfig, RunConfig]) -> ModelConfig:
@@ -120,6 +128,11 @@ class RefSegModel(nn.Module):
 
         H', W' are H, W padded (bottom/right, zeros) to multiples of ``pad_multiple``.
         """
+        return self._encode(pixel_values, input_ids, attention_mask)[0]
+
+    def _encode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                output_attentions: bool = False):
+        """(stage maps, PWAM attentions or None, gate magnitudes or None); see ``RefSegOutput``."""
         words = self.text_encoder(input_ids, attention_mask)  # (B, T, Dt)
         x = pad_to_multiple(pixel_values, self.pad_multiple)
         tokens, (H, W) = self.encoder.embed(x)
@@ -127,7 +140,7 @@ class RefSegModel(nn.Module):
         if self.crossvit is not None:
             tb, hwb = self.crossvit.embed(x)
             cls = self.crossvit.xcit_cls(x.shape[0])
-        feats = []
+        feats, attentions, gates = [], [], []
         for i in range(4):
             if cls is not None:
                 cls = self.crossvit.xcit_cls_to_stage(i, cls)
@@ -135,20 +148,31 @@ class RefSegModel(nn.Module):
             if self.crossvit is not None:
                 tb = self.crossvit.forward_stage(i, tb, hwb)
                 tokens, cls, tb = self.crossvit.exchange(i, tokens, cls, tb)
-            fused = self.pwams[i](tokens, (H, W), words, attention_mask)  # (B, N, C_i)
+            if output_attentions:
+                fused, attn = self.pwams[i].forward_with_attention(tokens, (H, W), words, attention_mask)
+                attentions.append(attn.transpose(-2, -1).reshape(*attn.shape[:2], -1, H, W))  # (B, h, T, H, W)
+            else:
+                fused = self.pwams[i](tokens, (H, W), words, attention_mask)  # (B, N, C_i)
             if i < 3:
-                tokens = tokens + self.gates[i](fused) * fused
+                gate = self.gates[i](fused)
+                if output_attentions:
+                    gates.append(gate.abs().float().mean(-1).reshape(-1, H, W))
+                tokens = tokens + gate * fused
             feats.append(self.encoder.stage_output(i, self.norms[i](fused), H, W))
-        return feats
+        if not output_attentions:
+            return feats, None, None
+        return feats, tuple(attentions), tuple(gates)
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> RefSegOutput:
-        """(B,3,H,W), (B,T), (B,T) -> RefSegOutput(logits (B, 2, H, W) at the input size, deep_logits)."""
+                attention_mask: torch.Tensor, output_attentions: bool = False) -> RefSegOutput:
+        """(B,3,H,W), (B,T), (B,T) -> RefSegOutput(logits (B, 2, H, W) at the input size, deep_logits);
+        with ``output_attentions`` also the PWAMs' word attentions and the gates' magnitudes."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
         H, W = pixel_values.shape[-2:]
         x = pad_to_multiple(pixel_values, self.pad_multiple)
-        out = self.decoder(self.forward_features(x, input_ids, attention_mask))
+        feats, attentions, gates = self._encode(x, input_ids, attention_mask, output_attentions)
+        out = self.decoder(feats)
 
         def to_input(t: torch.Tensor) -> torch.Tensor:  # (B, K, h, w) -> (B, K, H, W): the padded size, cropped
             return self.decoder.resize(t, x.shape[-2:])[:, :, :H, :W]
@@ -156,7 +180,8 @@ class RefSegModel(nn.Module):
         deep = None
         if self.training and self.deep_heads is not None:
             deep = tuple(to_input(head(h)) for head, h in zip(self.deep_heads, out.hidden_states[:2]))
-        return RefSegOutput(logits=to_input(out.logits), deep_logits=deep)
+        return RefSegOutput(logits=to_input(out.logits), deep_logits=deep, attentions=attentions,
+                            gate_magnitudes=gates)
 
     # -- tokenizer ------------------------------------------------------------------------------
     @property
