@@ -66,3 +66,29 @@ def fake_text(cfg, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.zeros(batch, T, dtype=torch.long, device=device)
     mask[:, : min(8, T)] = 1
     return ids, mask
+
+
+def start_app(checkpoint, log, *args: str, timeout: float = 180.0):
+    """Start ``python app.py --checkpoint C --port <free> *args`` (output to the open file ``log``)
+    and wait until it serves. Returns (Popen, url); the caller terminates it."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--checkpoint", str(checkpoint), "--port",
+                             str(port), *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(f"error: app.py did not start; its log: {log.name}")
+            time.sleep(0.5)

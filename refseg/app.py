@@ -241,7 +241,7 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
                                 elem_id="mask", buttons=["download"])
         if examples:
             gr.Examples([list(e) for e in examples], inputs=[image, text], label="validation images of the "
-                        "checkpoint's dataset", examples_per_page=len(examples))
+                        "checkpoint's dataset", examples_per_page=4)
         if photos:
             gr.Examples([[p, None] for p in photos], inputs=[image, text], label="photos",
                         examples_per_page=min(len(photos), 12))
