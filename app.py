@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--examples", default=None, metavar="DIR",
                    help="also offer the photos in DIR (searched recursively) as examples")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model (default: torch's choice, one per core; 1 can be faster on a "
+                        "busy machine)")
     p.add_argument("--max-megapixels", type=float, default=None,
                    help="refuse larger images (default: 50)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -41,6 +44,8 @@ def main(argv=None) -> int:
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.max_megapixels is not None and args.max_megapixels <= 0:
         raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -55,11 +60,14 @@ def main(argv=None) -> int:
 
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     predictor = Predictor.from_pretrained(ckpt, device=args.device)
     segmenter = app.Segmenter(predictor, max_megapixels=args.max_megapixels or app.MAX_MEGAPIXELS)
     examples = app.dataset_examples(ckpt)
     demo = app.build_demo(segmenter, examples=examples, photos=photos, title="refseg")
-    print(f"model {ckpt} on {predictor.device}; {len(examples)} dataset examples, {len(photos)} photos")
+    print(f"model {ckpt} on {predictor.device} ({torch.get_num_threads()} threads); {len(examples)} dataset "
+          f"examples, {len(photos)} photos")
     # Gradio serves files only from its cache and the folders named here.
     allowed = {str(Path(p).parent) for p, _ in examples} | ({args.examples} if args.examples else set())
     app.launch(demo, args.host, args.port, allowed_paths=sorted(allowed))

@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--text", default="the person on the left")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads, server and Predictor (default: torch's)")
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = ap.parse_args(argv)
     if args.repeats < 1:
@@ -82,12 +83,14 @@ def main(argv=None) -> int:
     from refseg.data.io import read_image
     from refseg.predictor import Predictor
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     image = read_image(args.image)
     print(f"{date.today().isoformat()}, commit {commit()}, {machine()}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"checkpoint {ckpt}; image {args.image} ({image.shape[1]}x{image.shape[0]}); text {args.text!r}")
     with tempfile.NamedTemporaryFile("w", prefix="app-latency-", suffix=".log", delete=False) as log:
-        proc, url = start_app(ckpt, log, "--device", "cpu")
+        proc, url = start_app(ckpt, log, "--device", "cpu", "--threads", str(torch.get_num_threads()))
         try:
             client = Client(url, verbose=False)
             times = []

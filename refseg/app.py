@@ -12,7 +12,9 @@ at a time (a queue), so memory stays bounded by one request at the size limits b
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .data.io import read_image
+from .data.io import read_image, write_image
 from .errors import ImageReadError, UserError
 from .visualize import PALETTE, overlay
 
@@ -188,10 +190,31 @@ def _payload_path(payload) -> tuple[str, Optional[str]]:
     return str(path), name
 
 
+class _Scratch:
+    """A private temporary folder for result files. Gradio copies a returned file into its cache when
+    the request ends, so files older than a few minutes are no longer needed and are removed."""
+
+    def __init__(self, keep_seconds: float = 300.0):
+        self._dir = tempfile.TemporaryDirectory(prefix="refseg-app-")
+        self.keep_seconds = keep_seconds
+        self._count = 0
+
+    def new(self) -> str:
+        """A fresh path stem in the folder (after removing the stale files)."""
+        now = time.time()
+        for f in Path(self._dir.name).iterdir():
+            with contextlib.suppress(OSError):
+                if now - f.stat().st_mtime > self.keep_seconds:
+                    f.unlink()
+        self._count += 1
+        return str(Path(self._dir.name) / f"{self._count:06d}")
+
+
 def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), photos: Sequence[str] = (),
                title: str = "refseg"):
     """The Gradio Blocks page around ``segmenter``; its segment event is the API ``/segment``."""
     gr = offline_gradio()
+    scratch = _Scratch()
 
     def _refuse(message: str):
         """The page shows ``message``; the server's console gets one line, not a traceback."""
@@ -207,7 +230,10 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
             raise _refuse(str(e)) from None
         except MemoryError:
             raise _refuse("out of memory on this image: try a smaller one") from None
-        return result.overlay, result.mask, result.summary()
+        # PNGs written here with OpenCV's fast setting: Gradio's own PNG encoder took longer than the model.
+        stem = scratch.new()
+        return (str(write_image(f"{stem}_overlay.png", result.overlay)),
+                str(write_image(f"{stem}_mask.png", result.mask)), result.summary())
 
     def explain(image, text):
         """Where each token of the first expression looked at each stage, and the gates' mean |S|."""
@@ -222,7 +248,9 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
                 f"|S| (how much of the fused language each stage lets through): {gates}.")
         return exp.tiles(rgb), note
 
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # Uploads and results in Gradio's cache are deleted after an hour, so a long-running server's disk
+    # use stays bounded.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(f"# {title}: segment by expression\n"
                     "Give a photo, type which object to segment and press Enter. Shift+Enter starts "
                     "another line: several expressions, one per line, give one coloured mask each.")

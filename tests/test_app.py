@@ -177,9 +177,11 @@ def _peak_rss(pid: int) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize("case", ["missing", "none_found", "broken"])
+@pytest.mark.parametrize("case", ["missing", "none_found", "broken", "threads"])
 def test_app_cli_errors_are_one_line(tmp_path, case):
-    if case == "missing":
+    if case == "threads":
+        args, expect = ["--threads", "0"], "--threads must be at least 1"
+    elif case == "missing":
         args, expect = ["--checkpoint", tmp_path / "nope"], "checkpoint directory not found"
     elif case == "none_found":
         args, expect = [], "no checkpoint found under runs"
