@@ -31,6 +31,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .errors import ConfigError
+from .utils import atomic_write_text
 
 CONFIG_VERSION = 2
 
@@ -306,7 +307,7 @@ class RunConfig:
         return {"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 Config = RunConfig  # the name the public API has always used
@@ -415,7 +416,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
-        if value in args and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no/off/yes/on as a bool: map it back to the choice
+            spelled = [a for a in args if isinstance(a, str) and yaml.safe_load(a) is value]
+            if len(spelled) == 1:
+                return spelled[0]
+        elif value in args:
             return value
         raise ConfigError(f"{where}: expected one of {', '.join(map(str, args))}, got {value!r}")
     if origin is Union:  # Optional[X] or a union of choices

@@ -101,6 +101,10 @@ def test_choices_are_checked_when_the_config_loads():
         load_config(overrides=["model.crossvit.block=transformer"])
     with pytest.raises(ConfigError, match="train.mixed_precision"):
         load_config(overrides=["train.mixed_precision=fp8"])
+    # YAML reads a bare `no` as False: the choice spelled `no` is still what it means
+    assert load_config(overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(overrides=["train.mixed_precision=yes"])
     with pytest.raises(ConfigError, match="model.text.trainable_layers"):
         load_config(overrides=["model.text.trainable_layers=some"])
     with pytest.raises(ConfigError, match="model.image_size: must be at least 32"):
