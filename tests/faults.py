@@ -52,16 +52,17 @@ def _die() -> None:
 import torch  # noqa: E402
 
 if os.environ.get("FAULTS_LOG"):
-    import refseg.data.refshapes as refshapes
+    from refseg.data.refshapes import ensure_refshapes
 
-    _write = refshapes.write_refshapes
+    writer = sys.modules[ensure_refshapes.__module__]  # the module whose write_refshapes it calls
+    _write = writer.write_refshapes
 
     def _logged_write(*args, **kwargs):
         with open(os.environ["FAULTS_LOG"], "a") as f:
             f.write(f"generate {os.getpid()}\n")
         return _write(*args, **kwargs)
 
-    refshapes.write_refshapes = _logged_write
+    writer.write_refshapes = _logged_write
 
 if point == "torch_save":
     _save = torch.save

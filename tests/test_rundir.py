@@ -175,17 +175,19 @@ def test_training_into_a_run_without_resume_exits_2_and_changes_nothing(trained_
     assert not Path(f"{out}.old-1").exists()
 
 
-def test_overwrite_keeps_the_old_run(trained_run, tmp_path):
-    base, _, _ = trained_run
+def test_overwrite_keeps_the_old_run(tmp_path):
+    """train.py --overwrite moves the old run aside before anything else; a start that then fails (no
+    data here) leaves no empty run directory behind, and the old run stays whole."""
     run = fake_run(tmp_path / "run")
     old = snapshot(run)
-    r = run_script(["train.py", "--no-progress", "--overwrite", "--output-dir", run,
-                    *tiny_train_args(base / "data", "train.max_steps=1", "train.eval_every=100")])
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_script(["train.py", "--no-progress", "--overwrite", "--output-dir", run, "data.name=refcoco",
+                    f"data.root={tmp_path / 'no-data'}", "train.max_steps=1"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert "not found" in r.stderr  # the data, after the claim
     assert f"moved the previous run in {run} to {run}.old-1" in r.stdout
     kept = snapshot(tmp_path / "run.old-1")
     assert {k: v[0] for k, v in kept.items()} == {k: v[0] for k, v in old.items()}  # every byte kept
-    assert (run / "last" / "model.safetensors").is_file() and not (run / LOCK_FILE).exists()
+    assert not run.exists()
 
 
 @pytest.mark.slow
@@ -196,7 +198,7 @@ def test_simultaneous_default_launches_get_their_own_directories(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               str(FAULTS), "clock", stamp, str(REPO / "train.py"), "--no-progress",
-              *tiny_train_args(data, "train.max_steps=2", "train.eval_every=100", "train.cpu_threads=1")]
+              *tiny_train_args(data, "train.max_steps=1", "train.eval_every=100", "train.cpu_threads=1")]
     env = {**os.environ, "FAULTS_LOG": str(log)}
     procs = [subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
