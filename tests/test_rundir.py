@@ -1,8 +1,8 @@
 """Run directories: an existing run is never overwritten silently, and simultaneous launches never share one.
 
-The decisions (``refseg.engine.rundir``) are tested in-process; the command lines are tested on the
-session's ``trained_run`` (read only), on a short ``--overwrite`` run and on two ``accelerate launch``
-started at the same moment with the same clock.
+The decisions (``refseg.engine.rundir``) are tested in-process; the command lines on conftest's
+``trained_run`` (read only), on an ``--overwrite`` start and on two ``accelerate launch`` started at the
+same moment with the same clock.
 """
 from __future__ import annotations
 
