@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     from refseg.errors import UserError
     quiet_libraries()
     from refseg.data.transforms import clean_text
-    from refseg.visualize import overlay, read_image, write_image
+    from refseg.data.io import read_image, write_image
+    from refseg.visualize import overlay
 
     text = clean_text(args.text)
     if not text:

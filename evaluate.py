@@ -81,8 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
     from refseg.config import load_run_config
-    from refseg.data.hf import is_hf_export
-    from refseg.data.refer import open_source  # torch-free: bad input fails fast
+    from refseg.data.sources import is_hf_export, open_source  # torch-free: bad input fails fast
     from refseg.utils import atomic_write_text, read_directory
 
     def read_config(ckpt: Path):

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from refseg.data.dataset import open_source
+    from refseg.data import open_source
+    from refseg.ops import resize
 
     cfg = load_cfg(None, [])
     if args.data_root:
@@ -46,8 +47,7 @@ def main(argv=None) -> int:
         gt = m > 0.5
         for s, ac in ious:
             grid = (max(1, round(size / s)),) * 2  # the input is a size x size resize (LAVT)
-            up = F.interpolate(F.interpolate(m, size=grid, mode="area"), size=(H, W), mode="bilinear",
-                               align_corners=ac) > 0.5
+            up = resize(F.interpolate(m, size=grid, mode="area"), (H, W), align_corners=ac) > 0.5
             union = (up | gt).sum().item()
             ious[s, ac].append((up & gt).sum().item() / union if union else 1.0)
     n = len(next(iter(ious.values())))

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = ap.parse_args(argv)
     from refseg.config import load_run_config
-    from refseg.data.dataset import RefSegDataset, open_source
+    from refseg.data import RefSegDataset, open_source
     from refseg.engine.evaluate import score_positions
     from refseg.models import load_checkpoint
 

@@ -39,6 +39,10 @@ class SaveError(Exception):
     """
 
 
+class RefShapesError(UserError, ValueError):
+    """Bad refshapes generation parameters or an unusable refshapes folder (one-line message)."""
+
+
 class DataError(UserError, ValueError):
     """Bad or missing data; the message names the file and the item (ref / annotation / row).
 

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes of files and directories, CPU cores, the offline environment."""
+"""Small shared helpers: atomic writes of files and directories, CPU cores and bf16 support, the offline
+environment."""
 from __future__ import annotations
 
 import contextlib
@@ -199,6 +200,21 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The native-bf16 flags this CPU reports (``avx512_bf16``, ``amx_bf16``); [] if none or unknown.
+
+    Without them PyTorch emulates bf16 on the CPU, which is slower than fp32.
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in CPU_BF16_FLAGS if f in flags]
 
 
 OFFLINE_ENVIRONMENT = {

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from refseg.data.dataset import RefSegDataset
-from refseg.data.refer import DataError, ReferSource
+from refseg.data.sources import ReferSource
+from refseg.errors import DataError
 from refseg.engine.evaluate import evaluate, score_positions, text_derangement
 from refseg.metrics import SegMetrics
 from refseg.models.refseg_model import RefSegOutput
@@ -335,7 +336,7 @@ sys.path.insert(0, {tests!r})
 import torch
 from accelerate import Accelerator
 from refseg.data.dataset import RefSegDataset
-from refseg.data.refer import ReferSource
+from refseg.data.sources import ReferSource
 from refseg.engine.evaluate import evaluate
 from refseg.models.text import load_tokenizer
 from test_evaluate import ReadsText

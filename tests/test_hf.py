@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from refseg.data.hf import HFSource, is_hf_export
-from refseg.data.refer import DataError
+from refseg.data.sources.hf import SCHEMAS, HFSource, is_hf_export
+from refseg.data.types import Ref, Sentence
+from refseg.errors import DataError
 from test_refer import rect, rect_mask  # noqa: E402  (tests/ is on sys.path)
 
 datasets = pytest.importorskip("datasets")
@@ -75,6 +76,9 @@ def test_lmms_layout(lmms_dir):
     assert len(val) == 6 and len(src.refs("val")) == 3 and len(src.samples("testA")) == 4
     s = val[2]
     assert (s.ref_id, s.sentence, s.height, s.width, s.ann_id, s.image_id) == (1, "object 1 left", H, W, 1011, 11)
+    ref = src.refs("val")[1]  # typed: ids numbered, sentence ids running over the split
+    assert isinstance(ref, Ref) and (ref.ref_id, ref.ann_id, ref.image_id, ref.split) == (1, 1011, 11, "val")
+    assert ref.sentences == (Sentence(2, "object 1 left"), Sentence(3, "thing number 1"))
     np.testing.assert_array_equal(src.load_image(s), picture(11))
     np.testing.assert_array_equal(src.load_mask(s), box(3, 3, 21, 30))
     # a single file works too, and its split comes from the name
@@ -85,7 +89,7 @@ def test_lmms_layout(lmms_dir):
 def test_open_source_and_dataset_over_hf(lmms_dir, tmp_path):
     import torch
 
-    from refseg.data.dataset import RefSegDataset, open_source
+    from refseg.data import RefSegDataset, open_source
 
     src = open_source(SimpleNamespace(name=str(lmms_dir), root=str(tmp_path / "no_root"), split_by="unc"))
     assert isinstance(src, HFSource)
@@ -261,8 +265,9 @@ def test_refer_rows_with_raw_anns_json(tmp_path):
 
 def test_unknown_schema_and_missing(tmp_path):
     Dataset.from_dict({"foo": [1], "bar": ["x"]}).to_parquet(str(tmp_path / "train.parquet"))
-    with pytest.raises(DataError, match=r"train.parquet: unknown Hugging Face schema with columns \['bar', 'foo'\]"):
+    with pytest.raises(DataError, match=r"train.parquet: unknown Hugging Face schema with columns \['bar', 'foo'\]") as e:
         HFSource(tmp_path / "train.parquet")
+    assert all(schema.description in str(e.value) for schema in SCHEMAS.values()) and len(SCHEMAS) == 5
     with pytest.raises(DataError, match="not found"):
         HFSource(tmp_path / "missing.parquet")
     (tmp_path / "empty").mkdir()
@@ -290,7 +295,7 @@ def test_dense_empty_mask_is_an_error(tmp_path):
 
 def test_check_and_open_source_under_root(lmms_dir, capsys):
     from refseg.data.check import check
-    from refseg.data.dataset import open_source
+    from refseg.data import open_source
 
     # data.name relative to data.root
     src = open_source(SimpleNamespace(name="RefCOCO", root=str(lmms_dir.parent), split_by="unc"))

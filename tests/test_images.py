@@ -1,11 +1,14 @@
-"""read_image / overlay: odd but valid user images come out RGB uint8 in their displayed orientation."""
+"""read_image / overlay: odd but valid user images come out RGB uint8 in their displayed orientation;
+dataset images in their stored one."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from refseg.visualize import ImageReadError, overlay, read_image
+from refseg.data.io import read_image
+from refseg.errors import DataError, ImageReadError
+from refseg.visualize import overlay
 
 
 def _gradient(h=24, w=40):
@@ -62,6 +65,30 @@ def test_exif_rotation_gives_displayed_orientation(tmp_path):
     assert out.shape == (40, 24, 3)  # displayed: portrait
     expected = np.rot90(rgb, k=-1)
     assert np.abs(out.astype(int) - expected.astype(int)).mean() < 8
+
+
+def test_stored_orientation_ignores_exif_like_the_dataset_masks(tmp_path):
+    """Dataset images: the stored pixel frame (COCO masks are annotated in it), decoded by OpenCV."""
+    rgb = _gradient(24, 40)
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = read_image(tmp_path / "r.jpg", orientation="stored")
+    assert out.shape == (24, 40, 3) and np.abs(out.astype(int) - rgb.astype(int)).mean() < 8
+    assert read_image(tmp_path / "r.jpg", orientation="exif").shape == (40, 24, 3)
+    with pytest.raises(ValueError, match="orientation must be"):
+        read_image(tmp_path / "r.jpg", orientation="upright")
+
+
+@pytest.mark.parametrize("case,message", [("missing", "image file missing"), ("text", "image file unreadable")])
+def test_stored_read_errors_are_data_errors_naming_the_item(tmp_path, case, message):
+    p = tmp_path / "x.jpg"
+    if case == "text":
+        p.write_text("not an image")
+    with pytest.raises(DataError) as e:
+        read_image(p, orientation="stored", where="ref_id 7")
+    assert str(e.value).startswith(f"{p}: {message}") and str(e.value).endswith("(ref_id 7)")
 
 
 def test_tiny_image(tmp_path):

@@ -1,6 +1,6 @@
 """SIGKILL at awkward moments, then `--resume`: the run ends with the uninterrupted run's weights.
 
-The reference is the session's 6-step ``trained_run`` (state every 2 steps, evaluation every 3).
+The reference is the 6-step ``trained_run`` fixture of conftest.py (state every 2 steps, evaluation every 3).
 ``tests/faults.py`` makes train.py kill itself inside a checkpoint save, between the two renames
 of the atomic swap, or in the middle of an optimizer update; one more test kills it from outside at
 a seeded random moment.

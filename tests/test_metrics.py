@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from refseg.data.refer import DataError
+from refseg.errors import DataError
 from refseg.metrics import KEYS, SegMetrics, format_per_type, format_table, intersection_union
 
 

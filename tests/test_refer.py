@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from refseg.data.refer import (DataError, ReferSource, Sample, UnsafePickleError, decode_segmentation,
-                               py2_text, safe_load_pickle)
+from refseg.data.io import decode_segmentation
+from refseg.data.sources.refer import ReferSource, py2_text, safe_load_pickle
+from refseg.data.types import Sample
+from refseg.errors import DataError, UnsafePickleError
 
 REALREF = Path("/work/shared/realref")
 H, W = 48, 64
@@ -248,6 +250,9 @@ def test_splits_and_counts(toy):
 
 
 def test_samples_in_file_order_with_fields(toy):
+    ref = toy.refs("testB")[0]
+    assert (ref.ref_id, ref.ann_id, ref.image_id, ref.category_id, ref.split) == (5, 105, 4, 1, "testB")
+    assert [tuple(s) for s in ref.sentences] == [(8, "large square", "attribute"), (9, "square in the middle", "position")]
     train = toy.samples("train")
     assert [(s.ref_id, s.sent_id) for s in train] == [(1, 0), (1, 1), (1, 2), (2, 3), (2, 4)]
     s = train[0]
@@ -469,7 +474,7 @@ def test_max_samples(toy, tokenizer):
 def test_open_source(tmp_path):
     from types import SimpleNamespace
 
-    from refseg.data.dataset import open_source
+    from refseg.data import open_source
 
     make_refer_dataset(tmp_path)
     src = open_source(SimpleNamespace(name="toy", root=str(tmp_path), split_by="unc"))
@@ -538,36 +543,3 @@ def test_lavt_configs(name, split_by):
     assert cfg.model.vision.pretrained == "xcit_small_12_p16_384.fb_dist_in1k"
     assert cfg.model.text.name == "bert-base-uncased" and cfg.model.text.trainable_layers == list(range(10))
     assert cfg.loss.dice_weight == 0 and cfg.loss.class_weights == [0.9, 1.1]
-
-
-def test_semantic_map_paints_every_object_of_the_image(tmp_path, tokenizer):
-    """load_semantic: all annotations of the image with their class; a small object in front of a large
-    one keeps its pixels whatever the file order; the dataset resizes it with nearest neighbours."""
-    from refseg.data.dataset import RefSegDataset
-
-    small = rect_mask(14, 14, 20, 20)
-    anns = {106: (2, [rect(14, 14, 20, 20)], small), **ANNS}  # small one first in the file
-    make_refer_dataset(tmp_path, anns=anns)
-    inst_path = tmp_path / "toy" / "instances.json"
-    inst = json.loads(inst_path.read_text())
-    for a in inst["annotations"]:
-        a["category_id"] = {106: 90, 102: 90}.get(a["id"], 3)
-    inst["categories"] = [{"id": 90, "name": "ball"}, {"id": 3, "name": "car"}]
-    inst_path.write_text(json.dumps(inst))
-    src = ReferSource(tmp_path, "toy", "unc")
-    assert src.category_ids == [3, 90]  # class k = 1 + index: car 1, ball 2
-    by_ann = {s.ann_id: s for s in src.samples("train") + src.samples("val")}
-    sem = src.load_semantic(by_ann[101])  # image 1: ann 101 (car) and 102 (ball)
-    assert sem.dtype == np.int64 and sem.shape == (H, W)
-    np.testing.assert_array_equal(sem == 1, ANNS[101][2])
-    np.testing.assert_array_equal(sem == 2, ANNS[102][2])
-    sem2 = src.load_semantic(by_ann[103])  # image 2: the small ball on the large car
-    np.testing.assert_array_equal(sem2 == 2, small)
-    np.testing.assert_array_equal(sem2 == 1, ANNS[103][2] & ~small)
-    assert (sem2 == 0).sum() == H * W - (ANNS[103][2] | small).sum()
-
-    ds = RefSegDataset(src, "val", tokenizer, image_size=32, max_tokens=8, train=True, semantic=True)
-    item = ds[0]
-    assert item["semantic_labels"].shape == (32, 32) and item["semantic_labels"].dtype == torch.long
-    assert set(item["semantic_labels"].unique().tolist()) == {0, 1, 2}
-    assert "semantic_labels" not in RefSegDataset(src, "val", tokenizer, 32, 8, train=True)[0]

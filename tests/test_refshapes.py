@@ -15,7 +15,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from refseg.data import refshapes as R
-from refseg.data.refshapes import ObjectSpec
+from refseg.data.refshapes import ObjectSpec, writer
+from refseg.data.refshapes.expressions import shares_attribute
+from refseg.data.sources import ReferSource
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_train_images=10, num_val_images=4, num_test_images=4, image_size=96, seed=3)
@@ -56,7 +58,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, written):
 def test_worker_pool_matches_single_process(tmp_path, monkeypatch):
     params = dict(num_train_images=6, num_val_images=2, num_test_images=2, image_size=64, seed=9)
     one = R.write_refshapes(tmp_path / "one", progress=False, **params)
-    monkeypatch.setattr(R, "_num_workers", lambda n: 2)
+    monkeypatch.setattr(writer, "_num_workers", lambda n: 2)
     two = R.write_refshapes(tmp_path / "two", progress=False, **params)
     assert json.loads((two / "meta.json").read_text())["stats"]["workers"] == 2
     for name in (R.REFS_FILE, "instances.json", "images/000007.jpg"):
@@ -200,7 +202,7 @@ def test_type_balance_and_distractor_share(generated):
         for ref in refs:
             assert 1 <= len(ref.sentences) <= 3
             types.update(k for _, k in ref.sentences)
-            shares.append(R._shares_attribute(scene, ref.target))
+            shares.append(shares_attribute(scene, ref.target))
             n_refs += 1
     total = sum(types.values())
     share = {k: types[k] / total for k in R.EXPR_TYPES}
@@ -248,9 +250,8 @@ def test_written_layout_follows_refer_rules(written):
 
 
 def test_refer_source_reads_refshapes(written):
-    refer = pytest.importorskip("refseg.data.refer")
     root, path = written
-    src = refer.ReferSource(root, "refshapes", "refshapes")
+    src = ReferSource(root, "refshapes", "refshapes")
     assert set(src.splits()) == {"train", "val", "test"}
     refs = json.loads((path / R.REFS_FILE).read_text())
     inst = json.loads((path / "instances.json").read_text())
@@ -281,7 +282,7 @@ def test_ensure_regenerates_only_when_meta_differs(tmp_path, monkeypatch):
         calls.append(kw)
         return real(*a, **kw)
 
-    monkeypatch.setattr(R, "write_refshapes", counting)
+    monkeypatch.setattr(writer, "write_refshapes", counting)
     path = R.ensure_refshapes(_cfg(tmp_path), progress=False)
     assert path == tmp_path / "refshapes" and len(calls) == 1
     assert R.ensure_refshapes(_cfg(tmp_path), progress=False) == path and len(calls) == 1
@@ -294,6 +295,20 @@ def test_ensure_regenerates_only_when_meta_differs(tmp_path, monkeypatch):
         R.ensure_refshapes(_cfg(tmp_path, image_size=8), progress=False)
 
 
+def test_ensure_recovers_a_swap_that_was_killed(tmp_path, monkeypatch):
+    """A writer killed between atomic_directory's two renames leaves the previous complete version
+    aside and a partial one: ensure puts the complete one back instead of regenerating."""
+    path = R.ensure_refshapes(_cfg(tmp_path), progress=False)
+    before = (path / R.REFS_FILE).read_bytes()
+    path.rename(tmp_path / ".refshapes.old-1234abcd")
+    (tmp_path / ".refshapes.tmp-5678abcd" / "images").mkdir(parents=True)
+    calls = []
+    monkeypatch.setattr(writer, "write_refshapes", lambda *a, **kw: calls.append(kw))
+    assert R.ensure_refshapes(_cfg(tmp_path), progress=False) == path and not calls
+    assert (path / R.REFS_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".refshapes.")) == [".refshapes.lock"]
+
+
 def test_ensure_is_safe_under_concurrent_callers(tmp_path, monkeypatch):
     calls = []
     real = R.write_refshapes
@@ -302,7 +317,7 @@ def test_ensure_is_safe_under_concurrent_callers(tmp_path, monkeypatch):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(R, "write_refshapes", slow)
+    monkeypatch.setattr(writer, "write_refshapes", slow)
     results, errors = [], []
 
     def worker():

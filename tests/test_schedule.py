@@ -49,8 +49,7 @@ def test_training_fits_its_time_budget(tmp_path):
     assert "steps fit train.max_minutes=0.5" in r.stdout + r.stderr
     assert state["planned_steps"] == summary["steps"] == state["step"] > 30  # first fit after step 30
     assert state["scheduler"]["last_epoch"] == summary["steps"]
-    # ... and the whole run (data generation, training, evaluations) kept to its 30-second budget; the
-    # plan comes from measured speeds, so allow for a slower step on a busy machine, not for ignoring it.
-    # A machine too slow to finish even the 30 timed warm-up steps in the budget must stop at the first
-    # plan (step 31) instead: the assertion holds on every machine, fast or slow.
-    assert summary["time_total_s"] <= 1.3 * 0.5 * 60 or summary["steps"] == 31, summary
+    # ... and the whole run (data generation, training, evaluations) kept to its 30-second budget. The
+    # first plan comes at step 30; on a machine too slow for even that, the run must stop right after it.
+    if summary["steps"] > 31:
+        assert summary["time_total_s"] <= 1.3 * 0.5 * 60, summary

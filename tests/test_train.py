@@ -68,11 +68,11 @@ def test_mixed_precision_auto_follows_the_cpu_flags():
     """`auto` picks bf16 on CPUs with native bf16 (the project's EPYC has avx512_bf16), fp32 elsewhere."""
     from refseg.engine.trainer import resolve_mixed_precision
 
-    assert resolve_mixed_precision("auto", True, cpu_flags="flags : fpu sse avx2 avx512f") == "no"
-    assert resolve_mixed_precision("auto", True, cpu_flags="flags : avx512f avx512_bf16") == "bf16"
-    assert resolve_mixed_precision("auto", True, cpu_flags="flags : amx_bf16 amx_tile") == "bf16"
+    assert resolve_mixed_precision("auto", True, bf16_flags=[]) == "no"
+    assert resolve_mixed_precision("auto", True, bf16_flags=["avx512_bf16"]) == "bf16"
+    assert resolve_mixed_precision("auto", True, bf16_flags=["amx_bf16"]) == "bf16"
     for setting in ("no", "bf16", "fp16"):
-        assert resolve_mixed_precision(setting, True, cpu_flags="") == setting
+        assert resolve_mixed_precision(setting, True, bf16_flags=[]) == setting
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..cli import ArgumentParser
+from ..errors import DataError
+from .sources import ReferSource, open_source
+from .types import Source
 
 # Published RefCOCO (UNC) split sizes: refs / sentences (Yu et al. 2016; the refer toolkit's files).
 EXPECTED = {
@@ -49,10 +52,8 @@ def default_split_by(dataset: str) -> str:
     return "unc"
 
 
-def check(source, full: bool = False, sample: int = 200, decode: int = 20, out=None) -> list[str]:
+def check(source: Source, full: bool = False, sample: int = 200, decode: int = 20, out=None) -> list[str]:
     """Run the checks on an opened source, print a report to ``out`` (stdout), return the problems found."""
-    from .refer import DataError, ReferSource
-
     out = sys.stdout if out is None else out
     problems: list[str] = []
 
@@ -85,16 +86,16 @@ def check(source, full: bool = False, sample: int = 200, decode: int = 20, out=N
         # every ref: annotation exists, belongs to the ref's image
         for s in splits:
             for r in source.refs(s):
-                ann = source.anns.get(r["ann_id"])
+                ann = source.anns.get(r.ann_id)
                 if ann is None:
-                    problem(f"{source.instances_path}: ref_id {r['ref_id']}: ann_id {r['ann_id']} not found")
-                elif int(ann.get("image_id", r["image_id"])) != r["image_id"]:
-                    problem(f"ref_id {r['ref_id']}: ann_id {r['ann_id']} is on image {ann.get('image_id')}, "
-                            f"the ref says {r['image_id']}")
+                    problem(f"{source.instances_path}: ref_id {r.ref_id}: ann_id {r.ann_id} not found")
+                elif int(ann.get("image_id", r.image_id)) != r.image_id:
+                    problem(f"ref_id {r.ref_id}: ann_id {r.ann_id} is on image {ann.get('image_id')}, "
+                            f"the ref says {r.image_id}")
                 elif not ann.get("segmentation"):
-                    problem(f"{source.instances_path}: ref_id {r['ref_id']}: ann_id {r['ann_id']} has no segmentation")
-                if r["image_id"] not in source.images:
-                    problem(f"{source.instances_path}: ref_id {r['ref_id']}: image_id {r['image_id']} not found")
+                    problem(f"{source.instances_path}: ref_id {r.ref_id}: ann_id {r.ann_id} has no segmentation")
+                if r.image_id not in source.images:
+                    problem(f"{source.instances_path}: ref_id {r.ref_id}: image_id {r.image_id} not found")
     else:
         print(f"export:    {source.name} (format {getattr(source, 'format', '?')}, "
               f"{len(all_samples)} sentences)", file=out)
@@ -186,14 +187,10 @@ def check(source, full: bool = False, sample: int = 200, decode: int = 20, out=N
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from types import SimpleNamespace
 
-    from .refer import open_source
-
     args = _parser().parse_args(argv)
     root = Path(args.data_root)
     split_by = args.split_by or default_split_by(args.dataset)
     source = open_source(SimpleNamespace(name=args.dataset, root=str(root), split_by=split_by))
-    from .refer import ReferSource
-
     if isinstance(source, ReferSource):
         print(f"checking {args.dataset} ({split_by}) under {root}")
     else:

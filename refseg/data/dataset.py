@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .refer import DataError, Sample, open_source
-from .transforms import encode_text, preprocess_image, resize_label_map, resize_mask
+from ..errors import DataError
+from .transforms import encode_text, preprocess_image, resize_mask
+from .types import Sample, Source
 
-__all__ = ["RefSegDataset", "collate", "open_source", "photometric_jitter"]
+__all__ = ["RefSegDataset", "collate", "photometric_jitter"]
 
 
 class RefSegDataset(Dataset):
@@ -29,17 +30,11 @@ class RefSegDataset(Dataset):
 
     ``max_samples`` keeps the first N items (refs when training, (ref, sentence) pairs otherwise).
     ``augment`` (training only) adds photometric jitter; no flips ("left"/"right" in expressions).
-    ``semantic`` adds ``semantic_labels`` (S,S) long: every annotated object of the image painted with
-    its class (``source.load_semantic``), for the auxiliary category-segmentation loss.
     """
 
-    def __init__(self, source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
+    def __init__(self, source: Source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
                  train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
-                 seed: int = 0, semantic: bool = False):
-        if semantic and not hasattr(source, "load_semantic"):
-            raise DataError(f"{getattr(source, 'name', source)}: has no annotations of all objects "
-                            f"(instances.json), which loss.semantic_weight > 0 needs; set loss.semantic_weight=0")
-        self.semantic = bool(semantic)
+                 seed: int = 0):
         self.source = source
         self.seed = int(seed)
         self.epoch: Optional[int] = None
@@ -125,8 +120,6 @@ class RefSegDataset(Dataset):
                 image = photometric_jitter(image, rng)
             pixel_values = preprocess_image(image, self.image_size)
             labels = torch.from_numpy(resize_mask(mask, self.image_size).astype(np.int64))
-            semantic = (torch.from_numpy(resize_label_map(self.source.load_semantic(sample), self.image_size))
-                        if self.semantic else None)
         except DataError:
             raise
         except (cv2.error, ValueError, OSError) as e:
@@ -135,8 +128,6 @@ class RefSegDataset(Dataset):
         ids, attn = encode_text(self.tokenizer, text, self.max_tokens)
         item = {"pixel_values": pixel_values, "input_ids": ids[0], "attention_mask": attn[0],
                 "labels": labels, "index": int(index)}
-        if semantic is not None:
-            item["semantic_labels"] = semantic
         if not self.train:
             item["target"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
         return item

@@ -158,7 +158,8 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
 def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device: torch.device, k: int = 16,
                   resized_gt: bool = False) -> list[dict]:
     """The ``k`` lowest-IoU samples as PNGs (image, green gt outline, tinted prediction, expression, IoU)."""
-    from ..visualize import overlay, write_image
+    from ..data.io import write_image
+    from ..visualize import overlay
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..errors import SaveError, UserError, first_line
-from ..utils import atomic_directory, atomic_write_text, cpu_cores
+from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores
 from .losses import SegmentationLoss
 from .rundir import TRAINER_STATE, RunDirectory, latest_run, on_main_process, resolve_run_dir  # noqa: F401
 from .schedule import UNPLANNED, TimeBudget, parameter_groups, poly_warmup_lambda
@@ -77,22 +77,18 @@ class EpochBatchSampler(Sampler):
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_mixed_precision(setting: str, use_cpu: bool, cpu_flags: Optional[str] = None) -> str:
+def resolve_mixed_precision(setting: str, use_cpu: bool, bf16_flags: Optional[list[str]] = None) -> str:
     """``auto``: bf16 where the hardware runs it fast (recent CPUs, Ampere+ GPUs), else fp32.
 
-    ``cpu_flags``: the CPU's feature flags (default: read from /proc/cpuinfo).
+    ``bf16_flags``: the CPU's native-bf16 flags (default: ``refseg.utils.cpu_bf16_flags()``).
     """
     if setting != "auto":
         return setting
     if torch.cuda.is_available() and not use_cpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if cpu_flags is None:
-        try:
-            cpu_flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return "no"
-    # bf16 autocast is only a win with native bf16/AMX instructions; emulated it is slower.
-    return "bf16" if ("avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags) else "no"
+    # bf16 autocast is only a win with native bf16/AMX instructions; emulated it is slower
+    # (benchmarks/precision.py measures both on this CPU).
+    return "bf16" if (cpu_bf16_flags() if bf16_flags is None else bf16_flags) else "no"
 
 
 @dataclass
@@ -243,7 +239,7 @@ class Trainer:
             self.load_state()
 
     def _setup_data(self) -> None:
-        from ..data.dataset import RefSegDataset, open_source
+        from ..data import RefSegDataset, open_source
         from ..models.text import load_tokenizer
 
         cfg, tc, acc = self.config, self.config.train, self.accelerator
