@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint directory (default: the newest runs/*/best)")
     p.add_argument("--out", default=None, help="overlay image to write (default: <image>_overlay.png "
-                                                "in the current directory)")
-    p.add_argument("--mask", default=None, help="also write the binary mask as a PNG here")
+                                                "in the current directory); a plain file, replaced if it exists")
+    p.add_argument("--mask", default=None, help="also write the binary mask as a PNG here (replaced if it exists)")
     p.add_argument("--explain", default=None, metavar="DIR",
                    help="also write the PWAMs' word attention: one PNG per (word, stage) at the image's size "
                         "and contact_sheet.png, into DIR")

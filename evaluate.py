@@ -8,6 +8,8 @@
 Prints P@0.5..P@0.9, oIoU and mIoU (percent, two decimals), one row per split. Scoring is at the
 original image size; ``--resized-gt`` scores at image_size x image_size like LAVT's test.py.
 ``--shuffle-text`` pairs every image with another object's expression (the language ablation).
+``--out`` is a plain file and is replaced if it exists; a non-empty ``--gallery`` directory is refused
+unless ``--overwrite`` moves it aside (to DIR.old-<n>).
 """
 from __future__ import annotations
 
@@ -32,12 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "name | an HF export path (default: the checkpoint's dataset)")
     p.add_argument("--split-by", default=None, help="unc | umd | google (default: umd for refcocog, else unc)")
     p.add_argument("--split", required=True, help="val | testA | testB | test | ... | all (every split but train)")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", default=None, help="write the results as JSON to this file (replaced if it exists)")
     p.add_argument("--shuffle-text", action="store_true", help="pair each image with another object's expression")
     p.add_argument("--resized-gt", action="store_true", help="score at image_size x image_size (LAVT test.py)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval.batch_size")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
-    p.add_argument("--gallery", default=None, help="write the 16 lowest-IoU predictions as PNGs here")
+    p.add_argument("--gallery", default=None, help="write the 16 lowest-IoU predictions as PNGs into this directory "
+                                                   "(new or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="a non-empty --gallery directory is moved to "
+                                                            "<dir>.old-<n> (never deleted) and written afresh")
     p.add_argument("--max-samples", type=int, default=None, help="score only the first N (ref, sentence) pairs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -75,16 +80,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if v is not None and (v < 0 or (v == 0 and name != "num_workers")):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
-    ckpt = Path(args.checkpoint).expanduser()
-    if not ckpt.is_dir():
-        raise UserError(f"checkpoint not found: {ckpt} (expected a directory with config.yaml and model.safetensors)")
-    if not (ckpt / "config.yaml").is_file():
-        raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
-
     from refseg.config import load_run_config
     from refseg.data.sources import is_hf_export, open_source  # torch-free: bad input fails fast
+    from refseg.utils import atomic_write_text, read_directory
 
-    cfg = load_run_config(ckpt / "config.yaml")
+    def read_config(ckpt: Path):
+        if not ckpt.is_dir():
+            raise UserError(f"checkpoint not found: {ckpt} (expected a directory with config.yaml and "
+                            f"model.safetensors)")
+        if not (ckpt / "config.yaml").is_file():
+            raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
+        return load_run_config(ckpt / "config.yaml")
+
+    ckpt = Path(args.checkpoint).expanduser()
+    cfg = read_directory(ckpt, read_config)  # safe while a training run replaces it
     data = _data_config(cfg, args)
     if data.name == "refshapes":  # deterministic: regenerate the exact data the model trained on
         from refseg.data.refshapes import ensure_refshapes
@@ -107,7 +116,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from refseg.engine.evaluate import evaluate
     from refseg.metrics import format_per_type, format_table
 
+    from refseg.engine.rundir import claim_output_dir, on_main_process
+
     accelerator = Accelerator()
+    if args.gallery:  # decided once, before anything is written
+        on_main_process(lambda: str(claim_output_dir(args.gallery, args.overwrite)), accelerator.state)
     model, tokenizer = _load_model(ckpt)
     model.to(accelerator.device)
     batch_size = args.batch_size or cfg.eval.batch_size
@@ -142,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             payload = results[eval_splits[0]] if args.split != "all" else results
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(payload, indent=2) + "\n")
+            atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
             print(f"wrote {out}")
     accelerator.wait_for_everyone()
     return 0

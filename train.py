@@ -4,10 +4,13 @@
     accelerate launch train.py                       # the embedded default (refshapes, CPU-sized)
     accelerate launch train.py --config configs/refcoco.yaml --output-dir runs/refcoco
     accelerate launch train.py --resume              # continue the newest run
+    accelerate launch train.py --output-dir runs/x --overwrite    # start over; the old run -> runs/x.old-1
     python train.py train.max_steps=200 model.image_size=160
     python train.py --help-config                    # every config key with its type, default and help
 
-Any config field can be overridden as key=value by its dotted name.
+Any config field can be overridden as key=value by its dotted name. A run never overwrites another:
+an --output-dir that holds a run needs --resume or --overwrite, and the default runs/<timestamp> gets a
+-2, -3 ... suffix when a simultaneous launch took the name.
 """
 from __future__ import annotations
 
@@ -23,10 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
                    help="YAML config (default: the embedded defaults, same as configs/default.yaml)")
-    p.add_argument("--output-dir", default=None, help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--output-dir", default=None,
+                   help="run directory (default: a new runs/<timestamp>); one that already holds a run is "
+                        "refused unless --resume or --overwrite is given")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir (or the newest run under runs/) from its last "
                         "complete checkpoint; key=value overrides apply on top of its config")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --output-dir that holds a run: the old run is moved to "
+                        "<dir>.old-<n> (never deleted)")
     p.add_argument("--help-config", action="store_true",
                    help="list every config key (type, default, help) and exit")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
@@ -45,7 +53,8 @@ def main(argv=None) -> int:
     from refseg.cli import quiet_libraries
     quiet_libraries()
     from refseg.config import load_config, load_run_config
-    from refseg.engine.trainer import resolve_run_dir, train
+    from refseg.engine.rundir import resolve_run_dir
+    from refseg.engine.trainer import train
 
     if args.resume:
         out = resolve_run_dir(args.output_dir, resume=True)
@@ -53,7 +62,8 @@ def main(argv=None) -> int:
     else:
         out = args.output_dir
         cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, output_dir=out, resume=args.resume, progress=not args.no_progress, cpu=args.cpu)
+    summary = train(cfg, output_dir=out, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.no_progress, cpu=args.cpu)
     from accelerate.state import PartialState
     if PartialState().is_main_process and summary.get("val"):
         val = summary["val"]

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     source, note = text_source(cfg.model.text.name)
     if source is not None:
         cfg.model.text.name = source
-    trainer = Trainer(cfg, output_dir="/tmp/refseg-train-step", progress=False).setup(data=False)
+    trainer = Trainer(cfg, progress=False).setup(data=False)  # no run directory
     B, S = cfg.train.batch_size, cfg.model.image_size
     g = torch.Generator().manual_seed(0)
     ids, mask = fake_text(cfg, B, "cpu")

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .errors import UserError
+from .errors import SaveError, UserError
 from .utils import offline_environment
 
 EXIT_BAD_INPUT = 2
@@ -41,7 +41,9 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         prog: str | None = None) -> None:
     """Call ``main(argv)``; turn exceptions into one stderr line and an exit code.
 
-    ``--debug`` anywhere in argv re-raises with the full traceback.
+    ``--debug`` anywhere in argv re-raises with the full traceback. An error that every process of a
+    launch raised together (``agreed``, see ``refseg.engine.rundir.on_main_process``) is printed by the
+    main process only.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("REFSEG_DEBUG") == "1"
@@ -63,9 +65,11 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         if debug:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if _is_user_error(exc):
+        known = _is_user_error(exc) or isinstance(exc, SaveError)
+        if known and not (getattr(exc, "agreed", False) and os.environ.get("RANK", "0") != "0"):
             print(f"{prog}: error: {msg}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
+        if known:
+            sys.exit(EXIT_BAD_INPUT if _is_user_error(exc) else 1)
         print(f"{prog}: error: {type(exc).__name__}: {msg} (run with --debug for the traceback)",
               file=sys.stderr)
         sys.exit(1)

@@ -31,6 +31,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .errors import ConfigError
+from .utils import atomic_write_text
 
 CONFIG_VERSION = 2
 
@@ -306,7 +307,7 @@ class RunConfig:
         return {"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 Config = RunConfig  # the name the public API has always used

@@ -27,7 +27,16 @@ class ImageReadError(UserError):
 
 
 class RunDirectoryError(UserError):
-    """A run directory cannot be used as asked (e.g. it already holds a run and --resume was not given)."""
+    """A run or output directory cannot be used as asked (it already holds a run and neither --resume nor
+    --overwrite was given, another training is using it, there is nothing to resume in it)."""
+
+
+class SaveError(Exception):
+    """Writing a checkpoint, the resumable state or the run's records failed (disk full, I/O error).
+
+    Everything saved before is intact; the message says what failed and how to continue. Not the
+    user's input: the command lines print it as one line and exit with status 1.
+    """
 
 
 class RefShapesError(UserError, ValueError):

@@ -28,7 +28,11 @@ TINY_OVERRIDES = [
 ]
 
 
+# Training runs in fp32 on every machine: `auto` would pick bf16 only on CPUs with native bf16
+# (avx512_bf16 / AMX), so the same test would run different arithmetic on different machines.
+# The bf16 path has its own tests (test_train.py).
 TINY_DATA = [
+    "train.mixed_precision=no",
     "data.refshapes.num_train_images=24",
     "data.refshapes.num_val_images=6",
     "data.refshapes.num_test_images=2",

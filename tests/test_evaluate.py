@@ -317,6 +317,18 @@ def test_cli_runs_and_writes_json(tmp_path, tokenizer, monkeypatch, capsys, fres
     assert set(res) == {"val", "testA"} and res["testA"]["num_samples"] == 2
     assert (tmp_path / "g" / "testA" / "index.json").is_file()
 
+    # a gallery directory that holds files is not written into, unless --overwrite moves it aside
+    from refseg.errors import RunDirectoryError
+
+    index = (tmp_path / "g" / "testA" / "index.json").read_bytes()
+    with pytest.raises(RunDirectoryError, match="--gallery .* is not empty"):
+        cli.main(["--checkpoint", str(ckpt), "--split", "val", "--no-progress", "--gallery", str(tmp_path / "g")])
+    assert (tmp_path / "g" / "testA" / "index.json").read_bytes() == index
+    assert cli.main(["--checkpoint", str(ckpt), "--split", "val", "--no-progress", "--overwrite",
+                     "--gallery", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g.old-1" / "testA" / "index.json").read_bytes() == index
+    assert (tmp_path / "g" / "index.json").is_file() and not (tmp_path / "g" / "testA").exists()
+
 
 MULTI_SCRIPT = r"""
 import json, sys

@@ -1,7 +1,7 @@
 """SIGKILL at awkward moments, then `--resume`: the run ends with the uninterrupted run's weights.
 
 The reference is the 6-step ``trained_run`` fixture of conftest.py (state every 2 steps, evaluation every 3).
-``tests/killpoints.py`` makes train.py kill itself inside a checkpoint save, between the two renames
+``tests/faults.py`` makes train.py kill itself inside a checkpoint save, between the two renames
 of the atomic swap, or in the middle of an optimizer update; one more test kills it from outside at
 a seeded random moment.
 """
@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO, TRAINED_RUN, max_weight_diff, run_script, tiny_train_args
 
-KILLPOINTS = Path(__file__).with_name("killpoints.py")
+FAULTS = Path(__file__).with_name("faults.py")
 
 
 def _state_step(out: Path) -> int:
@@ -45,7 +45,7 @@ def _resume_and_compare(trained_run, out: Path) -> float:
 def test_sigkill_then_resume_gives_identical_weights(trained_run, tmp_path, point, count, resumed_from):
     base, _, _ = trained_run
     out = tmp_path / "run"
-    r = run_script([KILLPOINTS, point, count, "train.py", "--no-progress", "--output-dir", out,
+    r = run_script([FAULTS, point, count, "train.py", "--no-progress", "--output-dir", out,
                     *tiny_train_args(base / "data", *TRAINED_RUN)])
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     assert not (out / "last").exists()
@@ -63,7 +63,7 @@ def test_sigkill_at_a_random_moment(trained_run, tmp_path):
     base, _, _ = trained_run
     out = tmp_path / "run"
     # 400 ms per optimizer step: the run lasts long enough after its first state save to be hit anywhere.
-    proc = subprocess.Popen([sys.executable, str(KILLPOINTS), "sleep", "400", "train.py", "--no-progress",
+    proc = subprocess.Popen([sys.executable, str(FAULTS), "sleep", "400", "train.py", "--no-progress",
                              "--output-dir", str(out), *tiny_train_args(base / "data", *TRAINED_RUN)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TRAINED_RUN, max_weight_diff, run_script, tiny_train_args as _args
+from conftest import REPO, TINY_OVERRIDES, TRAINED_RUN, max_weight_diff, run_script, tiny_train_args as _args
 
 def test_run_directory_layout(trained_run):
     base, out, r = trained_run
@@ -64,6 +64,50 @@ def test_bad_config_is_one_line(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr
 
 
+def test_mixed_precision_auto_follows_the_cpu_flags():
+    """`auto` picks bf16 on CPUs with native bf16 (the project's EPYC has avx512_bf16), fp32 elsewhere."""
+    from refseg.engine.trainer import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", True, bf16_flags=[]) == "no"
+    assert resolve_mixed_precision("auto", True, bf16_flags=["avx512_bf16"]) == "bf16"
+    assert resolve_mixed_precision("auto", True, bf16_flags=["amx_bf16"]) == "bf16"
+    for setting in ("no", "bf16", "fp16"):
+        assert resolve_mixed_precision(setting, True, bf16_flags=[]) == setting
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+
+def test_bf16_training_step_on_any_cpu(fresh_accelerate_state):
+    """What `auto` picks on a bf16 CPU, forced: it trains on every CPU (emulated where there are no bf16 units)."""
+    import torch
+
+    from refseg.config import load_config
+    from refseg.engine.trainer import Trainer
+
+    cfg = load_config(overrides=[*TINY_OVERRIDES, "train.mixed_precision=bf16", "train.batch_size=2"])
+    trainer = Trainer(cfg, cpu=True, progress=False).setup(data=False)
+    assert trainer.accelerator.mixed_precision == "bf16" and trainer.out is None  # no run directory
+    dtypes = []
+    first_linear = next(m for m in trainer.unwrapped.modules() if isinstance(m, torch.nn.Linear))
+    first_linear.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    g = torch.Generator().manual_seed(0)
+    batch = {"pixel_values": torch.randn(2, 3, 64, 64, generator=g),
+             "input_ids": torch.randint(1000, 2000, (2, 6), generator=g),
+             "attention_mask": torch.ones(2, 6, dtype=torch.long),
+             "labels": (torch.rand(2, 64, 64, generator=g) > 0.5).long()}
+    before = [p.detach().clone() for p in trainer.unwrapped.parameters() if p.requires_grad]
+    loss = trainer.train_step(batch)
+    assert loss is not None and np.isfinite(loss) and dtypes and dtypes[0] == torch.bfloat16
+    after = [p.detach() for p in trainer.unwrapped.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
 def test_help():
     for script in ["train.py", "demo.py", "evaluate.py"]:
         r = run_script([script, "--help"])
@@ -72,16 +116,24 @@ def test_help():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(trained_run, tmp_path):
-    """`accelerate launch --cpu --num_processes 2 train.py` trains with gloo and writes one run."""
+    """`torchrun --nproc_per_node 2 train.py --cpu` trains with gloo and writes one run, in the one default
+    directory the main process chose; a second launch into it is refused by every process, printed once.
+
+    (`accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x: its CPU
+    multi-process launcher is mpirun; torchrun is what starts two here.)"""
     base, _, _ = trained_run
-    out = tmp_path / "ddp"
-    r = run_script(["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", "--no-progress",
-                    "--output-dir", out, *_args(base / "data", "train.max_steps=3", "train.eval_every=100")],
-                   timeout=900)
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", REPO / "train.py", "--cpu",
+              "--no-progress"]
+    args = _args(base / "data", "train.max_steps=3", "train.eval_every=100", "train.cpu_threads=1")
+    r = run_script([*launch, *args], cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    (out,) = (tmp_path / "runs").iterdir()  # both processes trained into the same new directory
     assert (out / "last" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "state").glob("random_states_*")) == ["random_states_0.pkl",
+                                                                              "random_states_1.pkl"]
     assert r.stdout.count("done: 3 steps") == 1  # only the main process prints the summary
+    r = run_script([*launch, "--output-dir", out, *args], cwd=tmp_path, timeout=300)
+    assert r.returncode != 0 and r.stderr.count("already holds a run") == 1, r.stderr[-3000:]
 
 
 def test_demo_writes_overlay_at_image_size(trained_run, tmp_path):

@@ -13,7 +13,9 @@ Run directory (``runs/<name>/``)::
     logs/              TensorBoard events
 
 Every directory is written to a temporary name first and renamed, so an interrupted save never
-leaves a checkpoint that ``--resume`` would trust.
+leaves a checkpoint that ``--resume`` would trust, and a failed one (disk full) stops the run with the
+previous state and checkpoints intact. Which directory a run uses, and that it never overwrites
+another run, is decided in ``refseg.engine.rundir``.
 """
 from __future__ import annotations
 
@@ -31,12 +33,11 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..errors import UserError
-from ..utils import atomic_directory, cpu_bf16_flags, cpu_cores, recover_directory
+from ..errors import SaveError, UserError, first_line
+from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores
 from .losses import SegmentationLoss
+from .rundir import TRAINER_STATE, RunDirectory, latest_run, on_main_process, resolve_run_dir  # noqa: F401
 from .schedule import UNPLANNED, TimeBudget, parameter_groups, poly_warmup_lambda
-
-TRAINER_STATE = "trainer_state.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,15 +77,18 @@ class EpochBatchSampler(Sampler):
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_mixed_precision(setting: str, use_cpu: bool) -> str:
-    """``auto``: bf16 where the hardware runs it fast (recent CPUs, Ampere+ GPUs), else fp32."""
+def resolve_mixed_precision(setting: str, use_cpu: bool, bf16_flags: Optional[list[str]] = None) -> str:
+    """``auto``: bf16 where the hardware runs it fast (recent CPUs, Ampere+ GPUs), else fp32.
+
+    ``bf16_flags``: the CPU's native-bf16 flags (default: ``refseg.utils.cpu_bf16_flags()``).
+    """
     if setting != "auto":
         return setting
     if torch.cuda.is_available() and not use_cpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     # bf16 autocast is only a win with native bf16/AMX instructions; emulated it is slower
     # (benchmarks/precision.py measures both on this CPU).
-    return "bf16" if cpu_bf16_flags() else "no"
+    return "bf16" if (cpu_bf16_flags() if bf16_flags is None else bf16_flags) else "no"
 
 
 @dataclass
@@ -116,31 +120,6 @@ class TrainerState:
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
 
-def latest_run(runs_dir: str | Path = "runs") -> Path | None:
-    """The most recently modified run directory that holds resumable state (used by ``--resume``)."""
-    runs = [p for p in Path(runs_dir).glob("*") if p.is_dir() and recover_directory(p / "state")
-            and (p / "state" / TRAINER_STATE).is_file()]
-    return max(runs, key=lambda p: (p / "state" / TRAINER_STATE).stat().st_mtime) if runs else None
-
-
-def resolve_run_dir(output_dir: str | Path | None, resume: bool) -> Path:
-    """The run directory: the given one, the newest resumable run (``--resume`` alone) or a new one."""
-    if output_dir is not None:
-        out = Path(output_dir)
-        if resume:
-            recover_directory(out / "state")  # a kill mid-swap may have left only the previous state
-        if resume and not (out / "state" / TRAINER_STATE).is_file():
-            raise UserError(f"--resume: nothing to resume in {out} (no saved state there)")
-        return out
-    if resume:
-        found = latest_run()
-        if found is None:
-            raise UserError("--resume: nothing to resume (no run with saved state under runs/; "
-                            "name one with --output-dir)")
-        return found
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-
-
 def cpu_threads(setting: int | None, local_processes: int = 1) -> int:
     """Threads for one process: ``setting``, or the machine's cores shared among its processes."""
     return int(setting) if setting else max(1, cpu_cores() // max(1, local_processes))
@@ -154,19 +133,19 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def _drop_records_after(path: Path, step: int) -> None:
-    """Forget evaluations logged after the checkpoint we resume from: they are about to be redone."""
+    """Forget evaluations logged after the checkpoint we resume from, and the final one (a save that
+    failed after it): they are about to be redone."""
     if not path.is_file():
         return
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:  # a line cut short by the kill
-            pass
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill or a full disk
+            continue
+        if rec.get("step", 0) <= step and not rec.get("final"):
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,49 +158,74 @@ class Trainer:
 
     Args:
         config: the run config (with ``resume``, the run's own saved config).
-        output_dir: the run directory (default: ``runs/<timestamp>``; with ``resume`` alone, the newest
-            resumable run).
+        output_dir: the run directory (default: a new ``runs/<timestamp>``; with ``resume`` alone, the
+            newest resumable run). One that holds a run needs ``resume`` or ``overwrite``
+            (``RunDirectoryError`` otherwise, before anything is written).
         resume: continue from ``<output_dir>/state``.
+        overwrite: start over in an ``output_dir`` that holds a run, moving that run to ``<dir>.old-<n>``.
         progress: tqdm bars on the main process.
         cpu: train on the CPU even if a GPU is present.
 
-    ``setup()`` builds everything (called by ``train()``; ``setup(data=False)`` gives a model and
-    optimiser only, for benchmarks); ``train_step(batch)`` is one forward/backward/optimiser step;
-    ``evaluate()``, ``save_state()``/``load_state()`` and ``save_checkpoint()`` do what they say.
+    ``setup()`` claims the run directory and builds everything (called by ``train()``;
+    ``setup(data=False)`` gives a model and optimiser only, for benchmarks, and no run directory);
+    ``train_step(batch)`` is one forward/backward/optimiser step; ``evaluate()``,
+    ``save_state()``/``load_state()`` and ``save_checkpoint()`` do what they say (a failed save raises
+    ``SaveError`` on every process).
     """
 
     def __init__(self, config: RunConfig, output_dir: str | Path | None = None, resume: bool = False,
-                 progress: bool = True, cpu: bool | None = None):
+                 progress: bool = True, cpu: bool | None = None, overwrite: bool = False):
         self.config = config
         self.output_dir = output_dir
         self.resume = resume
+        self.overwrite = overwrite
         self.progress = progress
         self.cpu = bool(cpu)
         self.state = TrainerState()
         self.budget: Optional[TimeBudget] = None
         self._bad_streak = 0
         self._t_start = time.time()
+        self.out: Optional[Path] = None
+        self.run_dir: Optional[RunDirectory] = None  # the main process's claim (holds the lock)
+        self._saved_step: Optional[int] = None  # step of the last complete state/ on disk
 
     # -- setup ----------------------------------------------------------------------------------
     def setup(self, data: bool = True) -> "Trainer":
         """Accelerator, run directory, data (``data=True``), model, loss, optimiser and schedule."""
-        from accelerate import Accelerator, PartialState
-        from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+        from accelerate import PartialState
 
-        cfg, tc = self.config, self.config.train
-        # Every process must agree on the run directory (a timestamped name could differ by a second),
-        # and accelerate's TensorBoard tracker needs it before the Accelerator exists.
+        # The run directory is claimed first, on the main process, and every process gets the same one
+        # (a timestamped name could differ by a second); accelerate's TensorBoard tracker needs it
+        # before the Accelerator exists.
         pstate = PartialState(cpu=self.cpu)
-        holder = [str(resolve_run_dir(self.output_dir, self.resume)) if pstate.is_main_process else None]
-        if pstate.num_processes > 1:
-            broadcast_object_list(holder, from_process=0)
-        self.out = Path(holder[0])
+        if data:
+            self.out = Path(on_main_process(self._claim_run_dir, pstate))
+        try:
+            self._setup(data)
+        except BaseException:
+            if self.run_dir is not None:  # nothing was written yet: leave no empty run behind
+                self.run_dir.release(remove=True)
+            raise
+        return self
+
+    def _claim_run_dir(self) -> str:
+        self.run_dir = RunDirectory.claim(self.output_dir, resume=self.resume, overwrite=self.overwrite)
+        if self.run_dir.moved_to is not None:
+            print(f"--overwrite: moved the previous run in {self.run_dir.path} to {self.run_dir.moved_to}")
+        return str(self.run_dir.path)
+
+    def _setup(self, data: bool) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        tc = self.config.train
         use_cpu = self.cpu or not torch.cuda.is_available()
+        project = ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")) \
+            if self.out is not None else ProjectConfiguration()
         self.accelerator = acc = Accelerator(
             mixed_precision=resolve_mixed_precision(tc.mixed_precision, use_cpu),
             gradient_accumulation_steps=tc.gradient_accumulation_steps, cpu=self.cpu,
-            log_with="tensorboard" if data else None,
-            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")))
+            log_with="tensorboard" if data else None, project_config=project)
         self.is_main = acc.is_main_process
         self.world, self.rank = acc.num_processes, acc.process_index
         set_seed(tc.seed, device_specific=False)
@@ -233,7 +237,6 @@ class Trainer:
         self._setup_model()
         if self.resume:
             self.load_state()
-        return self
 
     def _setup_data(self) -> None:
         from ..data import RefSegDataset, open_source
@@ -330,42 +333,92 @@ class Trainer:
                        desc="final val" if final else "val")
         self.model.train()
         if self.is_main:
-            rec = {"step": st.step, "epoch": st.epoch, "final": final, "elapsed_s": round(st.elapsed, 1), **res}
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
             acc.log({f"val/{k}": v for k, v in res.items() if isinstance(v, (int, float))}, step=st.step)
-            if res["mIoU"] > st.best_metric:
-                st.best_metric, st.best_step = res["mIoU"], st.step
-                self.save_checkpoint("best")
-        acc.wait_for_everyone()
+        if res["mIoU"] > st.best_metric:  # every process gets the same numbers, so all agree to save
+            st.best_metric, st.best_step = res["mIoU"], st.step
+        rec = {"step": st.step, "epoch": st.epoch, "final": final, "elapsed_s": round(st.elapsed, 1), **res}
+        self._save_or_stop("metrics.jsonl", lambda: self._append_record(rec))
+        if st.best_step == st.step:
+            self._save_or_stop("best", lambda: self.save_checkpoint("best"))
         return res
+
+    def _append_record(self, rec: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
     def save_checkpoint(self, name: str) -> Path:
         """``<run>/<name>/``: a self-contained checkpoint directory (main process only)."""
         return self.unwrapped.save_pretrained(self.out / name, run_config=self.config, tokenizer=self.tokenizer)
 
     def save_state(self) -> None:
-        """Write ``state/`` atomically (every process its own RNG file, then one swap by the main process)."""
+        """Write ``state/`` atomically (every process its own RNG file, then one swap by the main process).
+
+        A failed write (disk full, I/O error) on any process raises ``SaveError`` on every process and
+        leaves the previous ``state/`` as it was.
+        """
         acc = self.accelerator
         staging = self.out / "state.staging"
         if self.is_main and staging.exists():
             shutil.rmtree(staging)
         acc.wait_for_everyone()
-        acc.save_state(str(staging), safe_serialization=True)
-        acc.wait_for_everyone()
-        if self.is_main:
+
+        def publish() -> None:
             self.state.save(staging / TRAINER_STATE, self.scheduler)
             with atomic_directory(self.out / "state") as tmp:
                 for f in staging.iterdir():
                     os.replace(f, tmp / f.name)
             shutil.rmtree(staging, ignore_errors=True)
-        acc.wait_for_everyone()
+
+        try:
+            self._save_or_stop("state", lambda: acc.save_state(str(staging), safe_serialization=True),
+                               every_process=True)
+            self._save_or_stop("state", publish)
+        except SaveError:
+            if self.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._saved_step = self.state.step
+
+    def _save_or_stop(self, what: str, write, every_process: bool = False) -> None:
+        """Run ``write()`` (on the main process, or on ``every_process``); if it failed on any process,
+        raise one ``SaveError`` on all of them (its message says what failed and how to go on).
+        Also a barrier: every process waits here for the write to finish."""
+        error = None
+        if every_process or self.is_main:
+            try:
+                write()
+            except Exception as e:  # noqa: BLE001 - safetensors, torch and the OS each have their own errors
+                error = f"{type(e).__name__}: {first_line(e)}"
+        errors = [error]
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            errors = gather_object(errors)
+        failed = next((e for e in errors if e), None)
+        if failed is not None:
+            exc = SaveError(self._save_failure(what, failed))
+            exc.agreed = True  # every process raises it: printed once
+            raise exc
+
+    def _save_failure(self, what: str, error: str) -> str:
+        """The one line a failed save ends the run with."""
+        head = f"could not write {self.out / what} at step {self.state.step} ({error})"
+        if self._saved_step is None:
+            return (f"{head}; no resumable state was saved yet: free some space, then start again with "
+                    f"--overwrite --output-dir {self.out}")
+        return (f"{head}; everything saved before is intact (state/ of step {self._saved_step}): "
+                f"free some space, then continue with: {self.resume_command}")
+
+    @property
+    def resume_command(self) -> str:
+        return f"accelerate launch train.py --resume --output-dir {self.out}"
 
     def load_state(self) -> None:
         """Restore model, optimiser, RNG, schedule and counters from ``state/``."""
         state_dir = self.out / "state"
         self.accelerator.load_state(str(state_dir))
         self.state = TrainerState.load(state_dir / TRAINER_STATE, self.scheduler)
+        self._saved_step = self.state.step
         if self.budget is not None and self.state.planned_steps:
             self.max_steps, self.budget = self.state.planned_steps, None  # keep the resumed run's schedule
         if self.is_main:
@@ -402,10 +455,16 @@ class Trainer:
         """Set up (if not yet), train to the planned step count, evaluate, save; returns a summary dict."""
         if not hasattr(self, "accelerator"):
             self.setup()
+        try:
+            return self._train()
+        finally:
+            if self.run_dir is not None:
+                self.run_dir.release()
+
+    def _train(self) -> dict:
         cfg, tc, acc, st = self.config, self.config.train, self.accelerator, self.state
+        self._save_or_stop("config.yaml", lambda: cfg.save(self.out / "config.yaml"))
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / "config.yaml")
             acc.init_trackers("tb", config={"lr": tc.lr, "batch_size": tc.batch_size})
         final_ratio = len(self.val_dataset) / max(1, len(self.val_subset))
         self.model.train()
@@ -481,28 +540,28 @@ class Trainer:
             acc.end_training()
             if self.is_main:
                 print(f"stopped at step {st.step}/{self.planned_steps} (train.stop_at_step); continue with: "
-                      f"accelerate launch train.py --resume --output-dir {self.out}")
+                      f"{self.resume_command}")
             return {"run": str(self.out), "steps": st.step, "stopped_early": True, "val": None}
         t0 = time.time()
         res = self.evaluate(final=True)
-        if self.is_main:
-            self.save_checkpoint("last")
-            if not (self.out / "best").exists():
-                self.save_checkpoint("best")
+        self._save_or_stop("last", lambda: self.save_checkpoint("last"))
+        # (main process; a resumed run whose best/ went missing gets the final weights)
+        self._save_or_stop("best", lambda: (self.out / "best").exists() or self.save_checkpoint("best"))
         time_eval = time.time() - t0
-        acc.end_training()
         summary = {
             "run": str(self.out), "steps": st.step, "val": res, "best_mIoU": st.best_metric,
             "best_step": st.best_step, "skipped_steps": st.skipped_steps,
             "time_data_s": round(getattr(self, "time_data", 0.0), 1), "time_train_s": round(time_train, 1),
             "time_eval_s": round(time_eval, 1), "time_total_s": round(time.time() - self._t_start, 1),
         }
-        if self.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        self._save_or_stop("summary.json",
+                           lambda: atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1)))
+        acc.end_training()  # last: it ends the process group the saves above agree through
         return summary
 
 
 def train(cfg: RunConfig, output_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, cpu: bool | None = None) -> dict:
+          progress: bool = True, cpu: bool | None = None, overwrite: bool = False) -> dict:
     """Train ``cfg`` and return a summary dict (final val metrics, paths, timings); see ``Trainer``."""
-    return Trainer(cfg, output_dir=output_dir, resume=resume, progress=progress, cpu=cpu).train()
+    return Trainer(cfg, output_dir=output_dir, resume=resume, progress=progress, cpu=cpu,
+                   overwrite=overwrite).train()

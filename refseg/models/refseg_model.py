@@ -27,7 +27,7 @@ from transformers.utils import ModelOutput
 from ..config import ModelConfig, RunConfig, load_run_config
 from ..errors import CheckpointError, ConfigError, first_line
 from ..ops import pad_to_multiple
-from ..utils import atomic_directory
+from ..utils import atomic_directory, read_directory
 from .crossvit import CrossViTBranch
 from .decoder import SimpleDecoder
 from .pwam import PWAM, LanguageGate
@@ -221,10 +221,17 @@ class RefSegModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "RefSegModel":
-        """Load a checkpoint directory written by ``save_pretrained`` (offline, strict). Returns an eval() model."""
+        """Load a checkpoint directory written by ``save_pretrained`` (offline, strict). Returns an eval() model.
+
+        Safe while a training run replaces the checkpoint (``best/`` after an evaluation): the model
+        comes whole from one version (``refseg.utils.read_directory``).
+        """
+        return read_directory(Path(path).expanduser(), lambda d: cls._load_directory(d, map_location))
+
+    @classmethod
+    def _load_directory(cls, path: Path, map_location: str | torch.device = "cpu") -> "RefSegModel":
         from safetensors.torch import load_file
 
-        path = Path(path).expanduser()
         if not path.exists():
             raise CheckpointError(f"checkpoint directory not found: {path}")
         if not path.is_dir():
@@ -261,10 +268,13 @@ def build_model(config: Union[ModelConfig, RunConfig], load_pretrained: bool = T
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """A checkpoint directory -> (model in eval mode, tokenizer)."""
-    model = RefSegModel.from_pretrained(path, map_location=map_location)
-    try:
-        tok = model.tokenizer
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot load the tokenizer ({first_line(e)})") from None
-    return model, tok
+    """A checkpoint directory -> (model in eval mode, tokenizer), both from one version of it (see
+    ``RefSegModel.from_pretrained``)."""
+    def load(directory: Path):
+        model = RefSegModel._load_directory(directory, map_location=map_location)
+        try:
+            return model, model.tokenizer
+        except Exception as e:
+            raise CheckpointError(f"{directory}: cannot load the tokenizer ({first_line(e)})") from None
+
+    return read_directory(Path(path).expanduser(), load)
