@@ -5,6 +5,10 @@ The draw comes from the torch RNG, which DataLoader seeds per worker from the ma
 seeded run repeats exactly; after ``set_epoch(e)`` it is instead a pure function of (seed, epoch,
 index), independent of workers and of resuming mid-epoch. Evaluation: one item per (ref, sentence).
 Images and masks are decoded per item with OpenCV / pycocotools; nothing is cached.
+
+``uint8=True`` is the path that can feed a GPU: items stop at uint8 (no float work in workers, masks
+rasterised at the target size where the source has polygons) and the training / evaluation step
+normalises on the device with ``transforms.normalize_pixels``.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .transforms import encode_text, preprocess_image, resize_mask
+from .transforms import encode_text, image_to_uint8, polygon_mask, preprocess_image, resize_mask
 from .types import Sample, Source
 
 __all__ = ["RefSegDataset", "collate", "photometric_jitter"]
@@ -30,11 +34,15 @@ class RefSegDataset(Dataset):
 
     ``max_samples`` keeps the first N items (refs when training, (ref, sentence) pairs otherwise).
     ``augment`` (training only) adds photometric jitter; no flips ("left"/"right" in expressions).
+    ``uint8``: ``pixel_values`` is uint8 (3,S,S) (normalise with ``normalize_pixels`` on the device)
+    and ``labels`` uint8 (S,S) (``.long()`` on the device); training labels are rasterised at S from
+    the polygons when the source exposes ``segmentation(sample)`` (no original-size mask is built).
     """
 
     def __init__(self, source: Source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
                  train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
-                 seed: int = 0):
+                 seed: int = 0, uint8: bool = False):
+        self.uint8 = bool(uint8)
         self.source = source
         self.seed = int(seed)
         self.epoch: Optional[int] = None
@@ -112,14 +120,22 @@ class RefSegDataset(Dataset):
             text = self.text(index)
         try:
             image = self.source.load_image(sample)
-            mask = self.source.load_mask(sample)
-            if mask.shape != image.shape[:2]:
+            # evaluation keeps the original-size mask (scoring) and resizes it (resized_gt scoring)
+            labels = self._target_size_mask(sample) if self.uint8 and self.train else None
+            mask = self.source.load_mask(sample) if labels is None else None
+            if mask is not None and mask.shape != image.shape[:2]:
                 raise DataError(f"{sample.image_path}: mask {mask.shape} and image {image.shape[:2]} differ "
                                 f"(ref_id {sample.ref_id})")
             if self.augment:
                 image = photometric_jitter(image, rng)
-            pixel_values = preprocess_image(image, self.image_size)
-            labels = torch.from_numpy(resize_mask(mask, self.image_size).astype(np.int64))
+            if self.uint8:
+                pixel_values = image_to_uint8(image, self.image_size)
+                if labels is None:
+                    labels = resize_mask(mask, self.image_size).view(np.uint8)
+                labels = torch.from_numpy(labels)
+            else:
+                pixel_values = preprocess_image(image, self.image_size)
+                labels = torch.from_numpy(resize_mask(mask, self.image_size).astype(np.int64))
         except DataError:
             raise
         except (cv2.error, ValueError, OSError) as e:
@@ -131,6 +147,14 @@ class RefSegDataset(Dataset):
         if not self.train:
             item["target"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
         return item
+
+    def _target_size_mask(self, sample: Sample) -> Optional[np.ndarray]:
+        """uint8 (S, S) from the polygons, or None (the source has no polygons for this sample)."""
+        segmentation = getattr(self.source, "segmentation", None)
+        if segmentation is None:
+            return None
+        m = polygon_mask(segmentation(sample), sample.height, sample.width, self.image_size)
+        return None if m is None else np.ascontiguousarray(m)
 
 
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.2,
@@ -145,6 +169,17 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: 
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def _stack(values: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``; inside a DataLoader worker straight into shared memory (as torch's
+    default_collate does), so sending the batch to the main process copies nothing more."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(values)
+    first = values[0]
+    storage = first._typed_storage()._new_shared(len(values) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(values), *first.shape)
+    return torch.stack(values, out=out)
+
+
 def collate(batch: list[dict]) -> dict[str, Any]:
     """Stack fixed-size tensors; ``index`` -> (B,) long; ``target`` stays a list of (H,W) bool tensors.
 
@@ -157,7 +192,7 @@ def collate(batch: list[dict]) -> dict[str, Any]:
         if key == "target":
             out[key] = values
         elif isinstance(values[0], torch.Tensor):
-            out[key] = torch.stack(values)
+            out[key] = _stack(values)
         elif isinstance(values[0], (int, np.integer)):
             out[key] = torch.tensor([int(v) for v in values], dtype=torch.long)
         else:

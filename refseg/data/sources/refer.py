@@ -241,15 +241,18 @@ class ReferSource(RefsBySplit):
                             f"(ref_id {sample.ref_id})")
         return img
 
+    def segmentation(self, sample: Sample) -> Any:
+        """The referred annotation's COCO segmentation (polygons or RLE) as stored."""
+        ann = self.anns.get(sample.ann_id)
+        if ann is None or "segmentation" not in ann:
+            what = "annotation not found" if ann is None else "annotation has no segmentation"
+            raise DataError(f"{self.instances_path}: ref_id {sample.ref_id}, ann_id {sample.ann_id}: {what}")
+        return ann["segmentation"]
+
     def load_mask(self, sample: Sample) -> np.ndarray:
         """Bool (H, W): the union of all parts of the referred annotation."""
-        ann = self.anns.get(sample.ann_id)
         where = f"{self.instances_path}: ref_id {sample.ref_id}, ann_id {sample.ann_id}"
-        if ann is None:
-            raise DataError(f"{where}: annotation not found")
-        if "segmentation" not in ann:
-            raise DataError(f"{where}: annotation has no segmentation")
-        return decode_segmentation(ann["segmentation"], sample.height, sample.width, where)
+        return decode_segmentation(self.segmentation(sample), sample.height, sample.width, where)
 
     def __repr__(self) -> str:
         return f"ReferSource({str(self.root)!r}, {self.dataset!r}, {self.split_by!r})"

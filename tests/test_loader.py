@@ -1,0 +1,169 @@
+"""The uint8 loader path: the same model inputs as the float path, masks at the target size, less IPC.
+
+Workers stop at uint8 (image (3,S,S), mask (S,S)); ``normalize_pixels`` on the device must give
+bit-for-bit the inputs that the float32 numpy normalisation in the workers gave.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_refer import ANNS, make_refer_dataset  # noqa: E402
+
+from refseg.data.io import decode_segmentation  # noqa: E402
+from refseg.data.sources.refer import ReferSource  # noqa: E402
+from refseg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, image_to_uint8, normalize_pixels,  # noqa: E402
+                                    polygon_mask, preprocess_image, resize_mask)
+
+
+def previous_preprocess(image: np.ndarray, size: int) -> torch.Tensor:
+    """The float32 normalisation loader workers applied before the uint8 path (kept here verbatim)."""
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    x = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+@pytest.mark.parametrize("shape,size", [((480, 640), 480), ((640, 427), 480), ((37, 53), 32), ((64, 64), 64)])
+def test_device_normalisation_is_bit_identical(shape, size):
+    rng = np.random.default_rng(size + shape[0])
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    image[:3] = 0  # the extremes too
+    image[-3:] = 255
+    old = previous_preprocess(image, size)
+    u8 = image_to_uint8(image, size)
+    assert u8.dtype == torch.uint8 and u8.shape == (3, size, size) and u8.is_contiguous()
+    new = normalize_pixels(u8)
+    assert new.dtype == torch.float32 and new.shape == old.shape
+    assert torch.equal(new, old)  # exact: no tolerance
+    assert torch.equal(preprocess_image(image, size), old)
+    # a batch normalised at once equals the per-sample inputs
+    batch = normalize_pixels(torch.stack([u8, u8.flip(-1)]))
+    assert torch.equal(batch[0], old) and torch.equal(batch[1], previous_preprocess(image[:, ::-1].copy(), size))
+
+
+def test_normalize_pixels_rejects_float_input():
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_pixels(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="uint8"):
+        image_to_uint8(np.zeros((4, 4, 3), np.float32), 4)
+
+
+def _random_polygons(rng, h, w, parts):
+    out = []
+    for _ in range(parts):
+        c = rng.uniform([0.2 * w, 0.2 * h], [0.8 * w, 0.8 * h])
+        k = int(rng.integers(8, 24))
+        a = np.sort(rng.uniform(0, 2 * np.pi, k))
+        r = rng.uniform(0.1, 0.3) * min(h, w) * rng.uniform(0.8, 1.2, k)
+        out.append(np.round(np.stack([c[0] + r * np.cos(a), c[1] + r * np.sin(a)], 1), 2).ravel().tolist())
+    return out
+
+
+def test_polygon_mask_matches_original_size_raster_then_resize():
+    """Rasterising at the target size differs from decode-then-nearest-resize only along outlines."""
+    rng = np.random.default_rng(0)
+    ious = []
+    for i in range(40):
+        h, w = (480, 640) if i % 2 else (640, 427)
+        segm = _random_polygons(rng, h, w, 1 + i % 3)
+        old = resize_mask(decode_segmentation(segm, h, w, "test"), 480)
+        new = polygon_mask(segm, h, w, 480)
+        assert new.dtype == np.uint8 and new.shape == (480, 480) and set(np.unique(new)) <= {0, 1}
+        new = new.astype(bool)
+        ious.append((old & new).sum() / (old | new).sum())
+    assert np.mean(ious) > 0.985 and min(ious) > 0.96, (np.mean(ious), min(ious))
+
+
+def test_polygon_mask_union_flat_rle_and_errors():
+    h, w = 40, 60
+    a = [[5, 5, 30, 5, 30, 30, 5, 30]]
+    b = [[20, 10, 50, 10, 50, 35, 20, 35]]
+    ma, mb, mab = (polygon_mask(s, h, w, 40) for s in (a, b, a + b))
+    np.testing.assert_array_equal(mab, ma | mb)  # overlapping parts: a union, not even-odd
+    np.testing.assert_array_equal(polygon_mask(a[0], h, w, 40), ma)  # one flat polygon
+    assert polygon_mask({"counts": "abc", "size": [h, w]}, h, w, 40) is None  # RLE: decode at full size
+    with pytest.raises(ValueError, match="odd"):
+        polygon_mask([[1, 2, 3, 4, 5, 6, 7]], h, w, 40)
+    with pytest.raises(ValueError, match="empty polygon"):
+        polygon_mask([[1, 2, 3, 4]], h, w, 40)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from refseg.models.text import load_tokenizer
+
+    return load_tokenizer("bundled-minilm")
+
+
+@pytest.fixture
+def toy(tmp_path):
+    make_refer_dataset(tmp_path)
+    return ReferSource(tmp_path, "toy", "unc")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_uint8_items_give_the_float_items_model_inputs(toy, tokenizer, train):
+    from refseg.data.dataset import RefSegDataset, collate
+
+    S = 40
+    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=train)
+    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=train, uint8=True)
+    for ds in (old, new):
+        ds.set_epoch(1)
+    for i in range(len(old)):
+        a, b = old[i], new[i]
+        assert b["pixel_values"].dtype == torch.uint8 and b["labels"].dtype == torch.uint8
+        assert torch.equal(normalize_pixels(b["pixel_values"]), a["pixel_values"])
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["attention_mask"], b["attention_mask"])
+        if train:  # from the polygons at S (the toy set's crowd RLEs fall back to resizing)
+            la, lb = a["labels"].bool(), b["labels"].bool()
+            assert (la & lb).sum() / (la | lb).sum() > 0.8
+        else:  # evaluation: exactly the resized original-size mask, and the full-size target
+            assert torch.equal(a["labels"], b["labels"].long())
+            assert torch.equal(a["target"], b["target"])
+    batch = collate([new[0], new[1]])
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (2, 3, S, S)
+
+
+def test_training_labels_use_polygons_at_target_size(toy, tokenizer):
+    """ann 101 is a polygon: the uint8 path's label equals polygon_mask at S."""
+    from refseg.data.dataset import RefSegDataset
+
+    S = 40
+    ds = RefSegDataset(toy, "train", tokenizer, S, 12, train=True, uint8=True)
+    ds.set_epoch(0)
+    item = ds[0]
+    sample = ds.samples[ds.groups[0][0]]
+    assert sample.ann_id == 101 and isinstance(ANNS[101][1], list)
+    expected = polygon_mask(toy.segmentation(sample), sample.height, sample.width, S)
+    np.testing.assert_array_equal(item["labels"].numpy(), expected)
+
+
+def test_worker_collate_in_shared_memory_and_bytes(toy, tokenizer):
+    """Batches from a worker equal in-process ones; the uint8 path sends >= 4x fewer bytes."""
+    from torch.utils.data import DataLoader
+
+    from refseg.data.dataset import RefSegDataset, collate
+
+    S = 48
+    ds = RefSegDataset(toy, "train", tokenizer, S, 12, train=False, uint8=True)
+    local = collate([ds[i] for i in range(len(ds))])
+    loader = DataLoader(ds, batch_size=len(ds), num_workers=1, collate_fn=collate)
+    (remote,) = list(loader)
+    for key in ("pixel_values", "labels", "input_ids", "attention_mask", "index"):
+        assert torch.equal(local[key], remote[key]), key
+    assert remote["pixel_values"].is_shared()
+
+    def nbytes(item):
+        return sum(v.numel() * v.element_size() for k, v in item.items()
+                   if isinstance(v, torch.Tensor) and k in ("pixel_values", "labels", "input_ids", "attention_mask"))
+
+    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=True)
+    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=True, uint8=True)
+    assert nbytes(old[0]) >= 4 * nbytes(new[0])
