@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from refseg.data.refshapes import COLORS, SHAPES, shape_polygon  # noqa: E402
+from refseg.data.refshapes import COLORS, SHAPES  # noqa: E402
+from refseg.data.refshapes.scene import shape_polygon  # noqa: E402
 from refseg.errors import UserError  # noqa: E402
 
 VERSION = 1
@@ -543,7 +544,7 @@ def loader_figures(root: Path, image_size: int = 480, n: int = 240, workers=(0, 
     from torch.utils.data import DataLoader
 
     from refseg.data.dataset import RefSegDataset, collate
-    from refseg.data.refer import ReferSource
+    from refseg.data.sources.refer import ReferSource
     from refseg.data.transforms import (encode_text, image_to_uint8, polygon_mask, preprocess_image,
                                         resize_mask)
     from refseg.models.text import load_tokenizer

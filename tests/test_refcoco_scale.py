@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from refseg.data.refer import ReferSource, safe_load_pickle
+from refseg.data.sources.refer import ReferSource, safe_load_pickle
 
 REPO = Path(__file__).resolve().parents[1]
 REALREF = next((p for p in (REPO.parent / "shared" / "realref", Path("/work/shared/realref")) if p.is_dir()), None)
@@ -44,8 +44,8 @@ def test_counts_and_refer_layout(rs, written):
     for split, (n_img, n_ref, n_sent) in counts.items():
         refs = src.refs(split)
         assert len(refs) == n_ref and len(src.samples(split)) == n_sent
-        assert len({r["image_id"] for r in refs}) == n_img
-        cats = {r["category_id"] for r in refs}
+        assert len({r.image_id for r in refs}) == n_img
+        cats = {r.category_id for r in refs}
         if split == "testA":
             assert cats == {1}  # people
         if split == "testB":
