@@ -4,10 +4,12 @@ Per sample I = |pred AND gt|, U = |pred OR gt| (int64). oIoU = sum(I) / sum(U); 
 P@t = share of samples with I / U >= t. All reported as percentages. The state is plain lists
 (sample index, I, U, type), so processes merge it with ``accelerate.utils.gather_object`` (or
 ``merge``); duplicates of one sample index (padding) count once, and results do not depend on
-the order in which samples arrive.
+the order in which samples arrive. Records are kept in typed arrays (25 bytes a sample, no masks):
+scoring RefCOCO's 142,210 expressions holds 3.6 MB.
 """
 from __future__ import annotations
 
+from array import array
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
@@ -30,10 +32,13 @@ class SegMetrics:
     """Accumulates per-sample I and U; ``compute()`` gives the percentages."""
 
     def __init__(self):
-        self.indices: list[int] = []
-        self.I: list[int] = []
-        self.U: list[int] = []
-        self.types: list[Optional[str]] = []
+        self.indices, self.I, self.U = array("q"), array("q"), array("q")
+        self._type_codes = array("b")  # index into _type_names (0: no type)
+        self._type_names: list[Optional[str]] = [None]
+
+    @property
+    def types(self) -> list[Optional[str]]:
+        return [self._type_names[c] for c in self._type_codes]
 
     def __len__(self) -> int:
         return len(self.I)
@@ -43,10 +48,14 @@ class SegMetrics:
         I, U = int(I), int(U)
         if I < 0 or U < I:
             raise ValueError(f"invalid intersection/union {I}/{U}")
+        if expr_type not in self._type_names:
+            if len(self._type_names) >= 127:
+                raise ValueError("more than 126 expression types")
+            self._type_names.append(expr_type)
         self.indices.append(len(self.I) if index is None else int(index))
         self.I.append(I)
         self.U.append(U)
-        self.types.append(expr_type)
+        self._type_codes.append(self._type_names.index(expr_type))
 
     def update(self, pred, target, index: Optional[int] = None, expr_type: Optional[str] = None,
                where: str = "") -> tuple[int, int]:
@@ -65,7 +74,7 @@ class SegMetrics:
     # -- merging --------------------------------------------------------------------------------
 
     def state(self) -> dict[str, list]:
-        return {"indices": list(self.indices), "I": list(self.I), "U": list(self.U), "types": list(self.types)}
+        return {"indices": self.indices.tolist(), "I": self.I.tolist(), "U": self.U.tolist(), "types": self.types}
 
     def load_state(self, state: Mapping[str, list]) -> "SegMetrics":
         for i, I, U, t in zip(state["indices"], state["I"], state["U"], state["types"]):
@@ -82,7 +91,8 @@ class SegMetrics:
     def records(self) -> list[tuple[int, int, int, Optional[str]]]:
         """(index, I, U, type) sorted by index, one per index (first seen wins)."""
         seen: dict[int, tuple[int, int, int, Optional[str]]] = {}
-        for rec in zip(self.indices, self.I, self.U, self.types):
+        names = self._type_names
+        for rec in zip(self.indices, self.I, self.U, (names[c] for c in self._type_codes)):
             seen.setdefault(rec[0], rec)
         return [seen[k] for k in sorted(seen)]
 

@@ -5,6 +5,7 @@ bit-for-bit the inputs that the float32 numpy normalisation in the workers gave.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -112,8 +113,8 @@ def test_uint8_items_give_the_float_items_model_inputs(toy, tokenizer, train):
     from refseg.data.dataset import RefSegDataset, collate
 
     S = 40
-    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=train)
-    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=train, uint8=True)
+    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=train, uint8=False)
+    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=train)  # uint8 is the default
     for ds in (old, new):
         ds.set_epoch(1)
     for i in range(len(old)):
@@ -136,7 +137,7 @@ def test_training_labels_use_polygons_at_target_size(toy, tokenizer):
     from refseg.data.dataset import RefSegDataset
 
     S = 40
-    ds = RefSegDataset(toy, "train", tokenizer, S, 12, train=True, uint8=True)
+    ds = RefSegDataset(toy, "train", tokenizer, S, 12, train=True)
     ds.set_epoch(0)
     item = ds[0]
     sample = ds.samples[ds.groups[0][0]]
@@ -152,7 +153,7 @@ def test_worker_collate_in_shared_memory_and_bytes(toy, tokenizer):
     from refseg.data.dataset import RefSegDataset, collate
 
     S = 48
-    ds = RefSegDataset(toy, "train", tokenizer, S, 12, train=False, uint8=True)
+    ds = RefSegDataset(toy, "train", tokenizer, S, 12, train=False)
     local = collate([ds[i] for i in range(len(ds))])
     loader = DataLoader(ds, batch_size=len(ds), num_workers=1, collate_fn=collate)
     (remote,) = list(loader)
@@ -164,6 +165,48 @@ def test_worker_collate_in_shared_memory_and_bytes(toy, tokenizer):
         return sum(v.numel() * v.element_size() for k, v in item.items()
                    if isinstance(v, torch.Tensor) and k in ("pixel_values", "labels", "input_ids", "attention_mask"))
 
-    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=True)
-    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=True, uint8=True)
+    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=True, uint8=False)
+    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=True)
     assert nbytes(old[0]) >= 4 * nbytes(new[0])
+
+
+def test_model_inputs_normalise_on_the_device_and_pass_floats_through(toy, tokenizer):
+    from refseg.data.dataset import RefSegDataset, collate, model_inputs
+
+    new = RefSegDataset(toy, "val", tokenizer, 32, 12)
+    old = RefSegDataset(toy, "val", tokenizer, 32, 12, uint8=False)
+    a, b = model_inputs(collate([new[0], new[1]]), "cpu"), model_inputs(collate([old[0], old[1]]), "cpu")
+    for key in ("pixel_values", "input_ids", "attention_mask", "labels"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["pixel_values"].dtype == torch.float32 and a["labels"].dtype == torch.long
+
+
+def test_epoch_keys_draw_like_set_epoch(toy, tokenizer):
+    """``ds[(epoch, i)]`` equals ``ds.set_epoch(epoch); ds[i]``: persistent workers need no epoch state."""
+    from refseg.data.dataset import RefSegDataset
+
+    ds = RefSegDataset(toy, "train", tokenizer, 32, 12, train=True, seed=5)
+    for epoch in range(6):
+        keyed = ds[(epoch, 0)]
+        ds.set_epoch(epoch)
+        assert torch.equal(keyed["input_ids"], ds[0]["input_ids"]) and keyed["index"] == 0
+
+
+@pytest.mark.slow
+def test_persistent_workers_train_like_no_workers(tmp_path):
+    """Two loader workers that persist across epochs give the weights of in-process loading (CPU):
+    the epoch travels with each index, so no worker draws with a stale epoch."""
+    from conftest import max_weight_diff, run_script, tiny_train_args
+
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        # ~3 batches of 16 refs per epoch: 7 steps cross two epoch boundaries
+        r = run_script(["train.py", "--no-progress", "--output-dir", out,
+                        *tiny_train_args(tmp_path / "data", "train.batch_size=16", "train.max_steps=7",
+                                         "train.eval_every=100", f"data.num_workers={workers}")])
+        assert r.returncode == 0, r.stderr[-3000:]
+        state = json.loads((out / "state" / "trainer_state.json").read_text())
+        assert state["epoch"] >= 2
+        runs[workers] = out
+    assert max_weight_diff(runs[0] / "last", runs[2] / "last") == 0.0

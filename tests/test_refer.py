@@ -406,9 +406,9 @@ def test_eval_dataset_items(toy, tokenizer):
     ds = RefSegDataset(toy, "train", tokenizer, image_size=32, max_tokens=12, train=False)
     assert len(ds) == 5
     item = ds[3]
-    assert item["pixel_values"].shape == (3, 32, 32) and item["pixel_values"].dtype == torch.float32
+    assert item["pixel_values"].shape == (3, 32, 32) and item["pixel_values"].dtype == torch.uint8
     assert item["input_ids"].shape == (12,) and item["attention_mask"].shape == (12,)
-    assert item["labels"].shape == (32, 32) and item["labels"].dtype == torch.long
+    assert item["labels"].shape == (32, 32) and item["labels"].dtype == torch.uint8
     assert item["index"] == 3
     np.testing.assert_array_equal(item["target"].numpy(), ANNS[102][2])
     assert set(item["labels"].unique().tolist()) == {0, 1}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data.dataset import collate
+from ..data.dataset import collate, model_inputs, worker_init
 from ..errors import DataError
 from ..metrics import SegMetrics, intersection_union
 from ..ops import autocast, object_margin
@@ -85,22 +85,20 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
     if not positions:
         return metrics
     loader = DataLoader(Subset(base, list(positions)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate,
+                        num_workers=num_workers, collate_fn=collate, worker_init_fn=worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-            pv = batch["pixel_values"].to(device, non_blocking=True)
-            ids = batch["input_ids"].to(device)
-            am = batch["attention_mask"].to(device)
+            x = model_inputs(batch, device)  # uint8 pixels normalised on the device
             with autocast(device):
-                logits = model(pv, ids, am).logits.float()
+                logits = model(x["pixel_values"], x["input_ids"], x["attention_mask"]).logits.float()
             for b, idx in enumerate(batch["index"].tolist()):
                 sample = base.sample(idx)
                 target = batch["target"][b]
                 where = f"{sample.image_path} (ref_id {sample.ref_id}, sent_id {sample.sent_id})"
                 if not bool(target.any()):
                     raise DataError(f"empty ground-truth mask for {where}")
-                gt = (batch["labels"][b] if resized_gt else target).to(device).bool()
+                gt = x["labels"][b].bool() if resized_gt else target.to(device, non_blocking=True)
                 metrics.add(*intersection_union(_predict(logits[b], tuple(gt.shape)), gt), idx, sample.expr_type)
     return metrics
 
@@ -169,9 +167,9 @@ def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device:
     with torch.inference_mode():
         for rank, idx in enumerate(worst):
             item = collate([base[idx]])
+            x = model_inputs(item, device)
             with autocast(device):
-                logits = model(item["pixel_values"].to(device), item["input_ids"].to(device),
-                               item["attention_mask"].to(device)).logits
+                logits = model(x["pixel_values"], x["input_ids"], x["attention_mask"]).logits
             sample = base.sample(idx)
             image = base.source.load_image(sample)
             gt = item["target"][0].numpy()

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
+from ..data.dataset import model_inputs, worker_init
 from ..errors import SaveError, UserError, first_line
 from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores
 from .losses import SegmentationLoss
@@ -49,13 +50,18 @@ class EpochBatchSampler(Sampler):
     """Batches of a seeded permutation for one epoch, sharded by process, resumable mid-epoch.
 
     The order depends only on (seed, epoch), so a resumed run sees exactly the batches the
-    uninterrupted run would have seen; ``skip`` drops the batches already consumed.
+    uninterrupted run would have seen; ``skip`` drops the batches already consumed. Batches hold
+    ``(epoch, index)`` keys: the dataset's draws follow the epoch even in persistent workers, and
+    ``set_epoch`` moves one sampler (and so one DataLoader) on to the next epoch.
     """
 
     def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int,
                  rank: int = 0, world_size: int = 1, skip: int = 0):
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.epoch, self.rank, self.world_size, self.skip = seed, epoch, rank, world_size, skip
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def global_batches(self) -> int:
         return self.num_items // (self.batch_size * self.world_size)
@@ -69,7 +75,7 @@ class EpochBatchSampler(Sampler):
         step = self.batch_size * self.world_size
         for b in range(self.skip, self.global_batches()):
             chunk = perm[b * step:(b + 1) * step]
-            yield chunk[self.rank::self.world_size]
+            yield [(self.epoch, i) for i in chunk[self.rank::self.world_size]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,13 +129,6 @@ class TrainerState:
 def cpu_threads(setting: int | None, local_processes: int = 1) -> int:
     """Threads for one process: ``setting``, or the machine's cores shared among its processes."""
     return int(setting) if setting else max(1, cpu_cores() // max(1, local_processes))
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    import random
-    random.seed(seed)
 
 
 def _drop_records_after(path: Path, step: int) -> None:
@@ -300,9 +299,9 @@ class Trainer:
         """
         acc, tc, st = self.accelerator, self.config.train, self.state
         with acc.accumulate(self.model):
-            outputs = self.model(batch["pixel_values"].to(acc.device, non_blocking=True),
-                                 batch["input_ids"].to(acc.device), batch["attention_mask"].to(acc.device))
-            loss = self.criterion(outputs, batch["labels"].to(acc.device))
+            x = model_inputs(batch, acc.device)  # uint8 pixels normalised on the device
+            outputs = self.model(x["pixel_values"], x["input_ids"], x["attention_mask"])
+            loss = self.criterion(outputs, x["labels"])
             finite = torch.isfinite(loss.detach())
             if self.world > 1:  # every process must agree to skip, or DDP hangs
                 finite = acc.gather(finite.float().reshape(1)).min() > 0
@@ -427,11 +426,13 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def _loader(self, sampler: EpochBatchSampler) -> DataLoader:
+        """One loader for the whole run: workers persist across epochs (``sampler.set_epoch``)."""
         from ..data.dataset import collate
 
-        tc = self.config.train
-        return DataLoader(self.train_dataset, batch_sampler=sampler, num_workers=self.config.data.num_workers,
-                          collate_fn=collate, pin_memory=torch.cuda.is_available(), worker_init_fn=_seed_worker,
+        tc, workers = self.config.train, self.config.data.num_workers
+        return DataLoader(self.train_dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                          pin_memory=self.accelerator.device.type == "cuda", worker_init_fn=worker_init,
+                          persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(tc.seed * 7 + self.state.epoch))
 
     def _replan(self, bar, final_eval_ratio: float) -> None:
@@ -474,11 +475,12 @@ class Trainer:
         ema_loss, images_seen = None, 0
         tick = window_start = time.time()
         stopped_early = False
+        sampler = EpochBatchSampler(len(self.train_dataset), tc.batch_size, tc.seed, st.epoch, self.rank,
+                                    self.world, skip=st.batches_in_epoch)
+        loader = self._loader(sampler)
         while not self._done() and not stopped_early:
-            sampler = EpochBatchSampler(len(self.train_dataset), tc.batch_size, tc.seed, st.epoch, self.rank,
-                                        self.world, skip=st.batches_in_epoch)
-            self.train_dataset.set_epoch(st.epoch)
-            for batch in self._loader(sampler):
+            sampler.set_epoch(st.epoch, skip=st.batches_in_epoch)
+            for batch in loader:
                 st.batches_in_epoch += 1
                 lv = self.train_step(batch)
                 if lv is None:
