@@ -29,7 +29,12 @@ def load_cfg(path: str | None, overrides: list[str]):
 
 
 def text_source(name: str) -> tuple[str | None, str]:
-    """Where the text architecture comes from, offline. Returns (text_source or None, note)."""
+    """Where the text architecture comes from, offline. Returns (text_source or None, note).
+
+    For bert-base-uncased/-cased when the Hub is out of reach: a local directory with that
+    architecture (transformers' BertConfig defaults) and random weights, written once under data/
+    (with bert-base-uncased's tokenizer: the bundled MiniLM's, the same 30,522-word uncased vocabulary).
+    """
     from transformers import AutoConfig
 
     from refseg.models.text import resolve_text_path
@@ -40,15 +45,52 @@ def text_source(name: str) -> tuple[str | None, str]:
     except Exception:
         pass
     if name in ("bert-base-uncased", "bert-base-cased"):
-        from transformers import BertConfig
-
-        d = tempfile.mkdtemp(prefix="refseg-bench-text-")
-        cfg = BertConfig()  # transformers' defaults are bert-base's shape
-        if name == "bert-base-cased":
-            cfg.vocab_size = 28996
-        cfg.save_pretrained(d)
-        return d, f"{name} not available offline: same architecture from BertConfig defaults (random weights)"
+        return str(random_bert(name)), f"{name} not available offline: same architecture, random weights"
     raise SystemExit(f"error: text model '{name}' is not available offline; add model.text.name=bundled-minilm")
+
+
+def random_bert(name: str) -> Path:
+    """``data/<name>-random``: BERT-base with random weights (seed 0) and, uncased, a tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from refseg.models.text import load_tokenizer
+    from refseg.utils import atomic_directory
+
+    out = REPO / "data" / f"{name}-random"
+    if (out / "config.json").is_file():
+        return out
+    cfg = BertConfig()  # transformers' defaults are bert-base's shape
+    if name == "bert-base-cased":
+        cfg.vocab_size = 28996
+    torch.manual_seed(0)
+    with atomic_directory(out) as tmp:
+        BertModel(cfg, add_pooling_layer=False).save_pretrained(str(tmp))
+        if name == "bert-base-uncased":
+            load_tokenizer("bundled-minilm").save_pretrained(str(tmp))
+    return out
+
+
+def offline_model(cfg) -> list[str]:
+    """Make ``cfg.model`` buildable without downloads (in place); returns notes on what changed.
+
+    The text encoder as ``text_source``; a timm tag in ``model.vision.pretrained`` that is not
+    cached is dropped (random vision weights: speed and memory do not depend on the weights).
+    """
+    notes = []
+    source, note = text_source(cfg.model.text.name)
+    if source is not None:
+        cfg.model.text.name = source
+        notes.append(note)
+    spec = cfg.model.vision.pretrained
+    if spec and not Path(spec).expanduser().exists():
+        try:
+            import timm
+
+            timm.create_model(spec if "." in spec else cfg.model.vision.name + "." + spec, pretrained=True)
+        except Exception:
+            cfg.model.vision.pretrained = None
+            notes.append(f"vision weights '{spec}' not available offline: random weights")
+    return notes
 
 
 def build_random_model(cfg):
@@ -92,3 +134,10 @@ def start_app(checkpoint, log, *args: str, timeout: float = 180.0):
                 proc.kill()
                 raise SystemExit(f"error: app.py did not start; its log: {log.name}")
             time.sleep(0.5)
+
+
+def markdown_table(rows: list[tuple[str, str]], title: str = "") -> str:
+    """Two columns, ``| title | figure |``, labels padded to one width."""
+    w = max(len(title), *(len(k) for k, _ in rows))
+    lines = [f"| {title:<{w}} | figure |", f"|{'-' * (w + 2)}|--------|"]
+    return "\n".join(lines + [f"| {k:<{w}} | {v} |" for k, v in rows])
