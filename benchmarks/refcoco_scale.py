@@ -17,8 +17,17 @@ irregular), so masks and pixels agree. Layout (read by ``ReferSource(<root>, "re
     <root>/images/train2014/COCO_train2014_<12-digit id>.jpg
     <root>/meta.json                 parameters and statistics; written last (marks the set complete)
 
-    python benchmarks/refcoco_scale.py --scale 0.1            # quick (2,000 images)
-    python benchmarks/refcoco_scale.py --scale 1.0            # full size (19,994 images, ~3 GB)
+Then it measures, each in a fresh process where memory matters, and prints a table (``--out``: JSON):
+annotation load time and resident memory (``open_source``); ``python -m refseg.data.check``; loader
+throughput at 480 px for 0, 1 and 2 workers with the per-sample cost split, for the uint8 path and
+the float32 path it replaced, and the bytes a sample costs crossing from a worker; evaluation
+throughput and resident-memory growth of a small model over part of val and all of val; one training
+step of configs/refcoco.yaml at batch 2 on the CPU (random weights: XCiT-S12/16 and BERT-base from a
+local directory), its peak memory, and a checkpoint save / load. ``--two-process-eval`` also checks
+that ``accelerate launch --num_processes 2 evaluate.py`` gives the one-process numbers.
+
+    python benchmarks/refcoco_scale.py --scale 0.1 --out rehearsal.json   # quick (2,000 images)
+    python benchmarks/refcoco_scale.py --scale 1.0                        # full size (19,994 images, 3 GB)
 """
 from __future__ import annotations
 
@@ -526,10 +535,6 @@ def _per_sample_ms(fn, items, repeats: int = 3) -> float:
     return float(np.median(runs))
 
 
-def _loader_worker_init(_worker_id: int) -> None:
-    cv2.setNumThreads(1)  # one core per loader worker: per-worker figures, no oversubscription
-
-
 def _item_bytes(batch: dict) -> int:
     """Bytes per sample of the tensors a worker sends (images, masks, text)."""
     keys = ("pixel_values", "labels", "input_ids", "attention_mask")
@@ -543,10 +548,9 @@ def loader_figures(root: Path, image_size: int = 480, n: int = 240, workers=(0, 
     import torch
     from torch.utils.data import DataLoader
 
-    from refseg.data.dataset import RefSegDataset, collate
+    from refseg.data.dataset import RefSegDataset, collate, worker_init
     from refseg.data.sources.refer import ReferSource
-    from refseg.data.transforms import (encode_text, image_to_uint8, polygon_mask, preprocess_image,
-                                        resize_mask)
+    from refseg.data.transforms import encode_text, image_to_uint8, polygon_mask, preprocess_image, resize_mask
     from refseg.models.text import load_tokenizer
 
     threads = cv2.getNumThreads(), torch.get_num_threads()
@@ -557,43 +561,41 @@ def loader_figures(root: Path, image_size: int = 480, n: int = 240, workers=(0, 
         tok = load_tokenizer(text)
         S = image_size
         out: dict[str, Any] = {"image_size": S, "batch_size": batch_size}
-        samples = src.samples("train")[:: max(1, len(src.samples("train")) // n)][:n]
-        images = [src.load_image(s) for s in samples]
-        masks = [src.load_mask(s) for s in samples]
-        pairs = list(zip(samples, images, masks))
+        train = src.samples("train")
+        samples = train[:: max(1, len(train) // n)][:n]
+        pairs = [(s, src.load_image(s)) for s in samples]
+        decode = _per_sample_ms(lambda p: src.load_image(p[0]), pairs)
+        tokenise = _per_sample_ms(lambda p: encode_text(tok, p[0].sentence, 20), pairs)
         out["previous_ms"] = {
-            "decode": _per_sample_ms(lambda p: src.load_image(p[0]), pairs),
+            "decode": decode,
             "resize+normalise": _per_sample_ms(lambda p: preprocess_image(p[1], S), pairs),
-            "mask (original size + resize, int64)": _per_sample_ms(
+            "mask": _per_sample_ms(
                 lambda p: torch.from_numpy(resize_mask(src.load_mask(p[0]), S).astype(np.int64)), pairs),
-            "tokenise": _per_sample_ms(lambda p: encode_text(tok, p[0].sentence, 20), pairs)}
+            "tokenise": tokenise}
         out["uint8_ms"] = {
-            "decode": out["previous_ms"]["decode"],
+            "decode": decode,
             "resize": _per_sample_ms(lambda p: image_to_uint8(p[1], S), pairs),
-            "mask (polygons at target size)": _per_sample_ms(
-                lambda p: polygon_mask(src.segmentation(p[0]), p[0].height, p[0].width, S), pairs),
-            "tokenise": out["previous_ms"]["tokenise"]}
+            "mask": _per_sample_ms(lambda p: polygon_mask(src.segmentation(p[0]), p[0].height, p[0].width, S), pairs),
+            "tokenise": tokenise}
         for key, uint8 in (("previous", False), ("uint8", True)):
             ds = RefSegDataset(src, "train", tok, S, 20, train=True, uint8=uint8)
-            ds.set_epoch(0)
-            idx = list(range(min(n, len(ds))))
+            idx = [(0, i) for i in range(min(n, len(ds)))]
             items = [ds[i] for i in idx]
             batches = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
-            out[f"{key}_ms"]["getitem"] = _per_sample_ms(lambda i: ds[i], idx, repeats=1)
+            out[f"{key}_ms"]["item (all of the above)"] = _per_sample_ms(lambda i: ds[i], idx, repeats=1)
             out[f"{key}_ms"]["collate"] = _per_sample_ms(collate, batches) / batch_size
             out[f"{key}_bytes_per_sample"] = _item_bytes(collate(batches[0]))
             rates = {}
             for nw in workers:
-                loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=nw, collate_fn=collate,
-                                    worker_init_fn=_loader_worker_init if nw else None, persistent_workers=False,
+                loader = DataLoader(ds, batch_sampler=[idx[k:k + batch_size] for k in range(0, len(idx), batch_size)],
+                                    num_workers=nw, collate_fn=collate, worker_init_fn=worker_init if nw else None,
                                     prefetch_factor=4 if nw else None)
                 it = iter(loader)
                 next(it)  # workers started and warm
                 seen, t0 = 0, time.perf_counter()
                 for batch in it:
                     seen += batch["pixel_values"].shape[0]
-                dt = time.perf_counter() - t0
-                rates[str(nw)] = seen / dt
+                rates[str(nw)] = seen / (time.perf_counter() - t0)
                 del it, loader
             out[f"{key}_samples_per_s"] = rates
         return out
@@ -602,10 +604,279 @@ def loader_figures(root: Path, image_size: int = 480, n: int = 240, workers=(0, 
         torch.set_num_threads(threads[1])
 
 
-def main(argv=None) -> int:
-    from refseg.cli import ArgumentParser
+# ---------------------------------------------------------------------------------------------
+# Measurements in a fresh process each (resident memory of one thing at a time)
+# ---------------------------------------------------------------------------------------------
 
-    ap = ArgumentParser(prog="refcoco_scale.py", description=__doc__.split("\n\n")[0])
+# The "small model" that evaluation is measured with: RefCOCO's input size, a tiny network.
+EVAL_MODEL = ["model.image_size=480", "model.vision.name=xcit_nano_12_p8", "model.vision.embed_dim=32",
+              "model.vision.depth=4", "model.vision.num_heads=2", "model.crossvit.embed_dim=32",
+              "model.crossvit.num_heads=2", "model.decoder.hidden_dim=32", "model.text.name=bundled-minilm",
+              "model.vision.pretrained=null"]
+
+
+def _status_mb(key: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RehearsalError(f"/proc/self/status has no {key}")
+
+
+def _reset_peak_rss() -> None:
+    """Restart VmHWM (the peak resident set) from the current resident set (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _data_config(root: Path):
+    from refseg.config import load_config
+
+    return load_config(None, [f"data.name={DATASET}", f"data.root={root}", f"data.split_by={SPLIT_BY}"]).data
+
+
+def measure_annotations(root: Path) -> dict:
+    from refseg.data.sources import open_source
+
+    rss0 = _status_mb("VmRSS")
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    src = open_source(_data_config(root))
+    n = sum(len(src.samples(s)) for s in src.splits())
+    dt = time.perf_counter() - t0
+    return {"annotation_load_s": dt, "annotation_rss_mb": _status_mb("VmRSS") - rss0,
+            "annotation_peak_rss_mb": _status_mb("VmHWM") - rss0, "annotation_expressions": n}
+
+
+def measure_eval(root: Path, max_samples: Optional[int], overrides: list[str], batch_size: int = 16) -> dict:
+    """Evaluate a small random model on val (in this process, no loader workers: every byte counted)."""
+    import torch
+
+    from refseg.config import load_config
+    from refseg.data.dataset import RefSegDataset
+    from refseg.data.sources import open_source
+    from refseg.engine.evaluate import evaluate
+    from refseg.models import build_model
+    from refseg.models.text import load_tokenizer
+
+    cfg = load_config(None, [*EVAL_MODEL, *overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, load_pretrained=False).eval()
+    tok = load_tokenizer(cfg.model.text.name)
+    ds = RefSegDataset(open_source(_data_config(root)), "val", tok, cfg.model.image_size, cfg.model.text.max_tokens,
+                       train=False, max_samples=max_samples)
+    evaluate(model, torch.utils.data.Subset(ds, range(min(2 * batch_size, len(ds)))), batch_size=batch_size,
+             progress=False)  # warm: allocator pools and lazy initialisation are not growth
+    rss0 = _status_mb("VmRSS")
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    res = evaluate(model, ds, batch_size=batch_size, progress=False)
+    dt = time.perf_counter() - t0
+    return {"expressions": len(ds), "eval_s": dt, "eval_samples_per_s": len(ds) / dt,
+            "eval_rss_growth_mb": _status_mb("VmHWM") - rss0, "mIoU": res["mIoU"], "threads": torch.get_num_threads()}
+
+
+def measure_train(root: Path, config: str, overrides: list[str], steps: int, work: Path) -> dict:
+    """One training step of ``config`` at batch 2 on the CPU, then a checkpoint save and load."""
+    import shutil
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import offline_model
+
+    from refseg.config import load_config
+    from refseg.data.dataset import RefSegDataset, collate
+    from refseg.data.sources import open_source
+    from refseg.engine.trainer import Trainer
+    from refseg.models import RefSegModel
+    from refseg.models.text import load_tokenizer
+
+    cfg = load_config(config, ["train.batch_size=2", f"data.root={root}", f"data.name={DATASET}",
+                               f"data.split_by={SPLIT_BY}", *overrides])
+    notes = offline_model(cfg)
+    trainer = Trainer(cfg, output_dir=work / "run", progress=False, cpu=True).setup(data=False)
+    tok = load_tokenizer(cfg.model.text.name)
+    ds = RefSegDataset(open_source(cfg.data), cfg.data.train_split, tok, cfg.model.image_size,
+                       cfg.model.text.max_tokens, train=True)
+    batch = collate([ds[(0, i)] for i in range(cfg.train.batch_size)])
+    times = []
+    for i in range(1 + steps):  # the first step pays one-off initialisation
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        times.append(time.perf_counter() - t0)
+    ckpt = work / "checkpoint"
+    t0 = time.perf_counter()
+    trainer.unwrapped.save_pretrained(ckpt, run_config=cfg, tokenizer=tok)
+    save_s = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    t0 = time.perf_counter()
+    RefSegModel.from_pretrained(ckpt)
+    load_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in trainer.unwrapped.parameters())
+    shutil.rmtree(work, ignore_errors=True)
+    return {"train_step_s": float(np.median(times[1:])), "train_first_step_s": times[0],
+            "train_peak_rss_mb": _status_mb("VmHWM"), "checkpoint_save_s": save_s, "checkpoint_load_s": load_s,
+            "checkpoint_mb": size / 1e6, "params_m": params / 1e6, "train_threads": torch.get_num_threads(),
+            "mixed_precision": trainer.accelerator.mixed_precision, "notes": notes}
+
+
+def _run_measure(args: list[str], timeout: float = 3 * 3600) -> dict:
+    """This script with ``--measure ...`` in a fresh interpreter; returns its JSON answer."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
+    if r.returncode != 0:
+        raise RuntimeError(f"measurement {' '.join(args)} failed: {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def measure_check(root: Path, full_size: bool) -> dict:
+    """``python -m refseg.data.check`` on the set (its default: sampled files, a few decodes).
+
+    The checker compares the split sizes with RefCOCO's: at full size they must match; a scaled set
+    may differ there and nowhere else.
+    """
+    import re
+    import subprocess
+
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "refseg.data.check", "--data-root", str(root), "--dataset", DATASET,
+                        "--split-by", SPLIT_BY], capture_output=True, text=True, cwd=str(REPO),
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    dt = time.perf_counter() - t0
+    problems = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("problem:")]
+    sizes_only = all(re.match(r"problem: split \w+: \d+ refs / \d+ sentences, expected", p) for p in problems)
+    if r.returncode not in (0, 1) or (r.returncode == 1 and (full_size or not problems or not sizes_only)):
+        raise RuntimeError(f"refseg.data.check failed on {root}: {(r.stderr or r.stdout).strip()[-2000:]}")
+    return {"check_s": dt, "check_problems": problems}
+
+
+def two_process_eval(root: Path, work: Path, overrides: list[str], batch_size: int) -> dict:
+    """evaluate.py on val: one process, then ``accelerate launch --num_processes 2`` (CPU, gloo)."""
+    import subprocess
+
+    import torch
+
+    from refseg.config import load_config
+    from refseg.models import build_model
+    from refseg.models.text import load_tokenizer
+
+    cfg = load_config(None, [*EVAL_MODEL, *overrides, f"data.name={DATASET}", f"data.root={root}",
+                             f"data.split_by={SPLIT_BY}", "data.num_workers=0"])
+    torch.manual_seed(0)
+    ckpt = work / "checkpoint"
+    build_model(cfg.model, load_pretrained=False).save_pretrained(ckpt, run_config=cfg,
+                                                                  tokenizer=load_tokenizer(cfg.model.text.name))
+    common = ["evaluate.py", "--checkpoint", str(ckpt), "--split", "val", "--no-progress",
+              "--batch-size", str(batch_size)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = {}
+    for name, launch in (("one", []), ("two", ["-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                                              "--num_machines", "1", "--mixed_precision", "no",
+                                              "--dynamo_backend", "no"])):
+        dest = work / f"{name}.json"
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, *launch, *common, "--out", str(dest)], capture_output=True, text=True,
+                           cwd=str(REPO), env=env, timeout=3 * 3600)
+        if r.returncode != 0:
+            raise RuntimeError(f"evaluate.py ({name} process(es)) failed: {r.stderr.strip()[-2000:]}")
+        out[name] = {"results": json.loads(dest.read_text()), "wall_s": time.perf_counter() - t0}
+    equal = out["one"]["results"] == out["two"]["results"]
+    return {"eval_two_process_equal": equal, "eval_one_process": out["one"]["results"],
+            "eval_two_process": out["two"]["results"], "eval_one_process_s": out["one"]["wall_s"],
+            "eval_two_process_s": out["two"]["wall_s"], "eval_two_process_batch_size": batch_size}
+
+
+def machine() -> dict:
+    import platform
+
+    import torch
+
+    cpu = ""
+    flags: set[str] = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu": cpu or platform.processor(), "cores": _cpus(), "cpu_flags": [f for f in wanted if f in flags],
+            "load_average_1_5_15": load, "torch": torch.__version__, "opencv": cv2.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": _commit()}
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=str(REPO))
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=str(REPO)).stdout.strip()
+        return r.stdout.strip() + ("+changes" if dirty else "") if r.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def _table(fig: dict) -> list[tuple[str, str]]:
+    lf = fig["loader"]
+    rows = [
+        ("machine", f"{fig['machine']['cpu']}, {fig['machine']['cores']} cores, flags "
+                    f"{' '.join(fig['machine']['cpu_flags'])}, load {fig['machine']['load_average_1_5_15']}"),
+        ("set (images / refs / expressions)", f"{fig['dataset']['images']:,} / {fig['dataset']['refs']:,} / "
+                                              f"{fig['dataset']['expressions']:,}; {fig['dataset']['annotations']:,} "
+                                              f"annotations, {fig['dataset']['total_gb']:.2f} GB"),
+        ("JPEG mean size", f"{fig['jpeg_mean_kb']:.1f} KB (realref photos {fig['realref_jpeg_mean_kb']:.1f} KB)"),
+        ("decode only (cv2.imread, 1 thread)", f"{fig['decode_only_samples_per_s']:.0f} img/s (realref photos "
+                                               f"{fig['realref_decode_samples_per_s']:.0f} img/s)"),
+        ("annotation load", f"{fig['annotation_load_s']:.2f} s, {fig['annotation_rss_mb']:.0f} MB resident "
+                            f"(peak +{fig['annotation_peak_rss_mb']:.0f} MB)"),
+        ("python -m refseg.data.check", f"{fig['check_s']:.1f} s"),
+        ("loader, uint8 path, 1 worker", f"{fig['loader_samples_per_s_per_worker']:.0f} samples/s at "
+                                         f"{lf['image_size']} px ({', '.join(f'{k} workers {v:.0f}/s' for k, v in lf['uint8_samples_per_s'].items())})"),
+        ("loader, float32 path (before)", ", ".join(f"{k} workers {v:.0f}/s" for k, v in lf["previous_samples_per_s"].items())),
+        ("per sample, uint8 path (ms)", ", ".join(f"{k} {v:.2f}" for k, v in lf["uint8_ms"].items())),
+        ("per sample, float32 path (ms)", ", ".join(f"{k} {v:.2f}" for k, v in lf["previous_ms"].items())),
+        ("bytes per sample from a worker", f"{fig['worker_bytes_per_sample'] / 1e6:.2f} MB (before "
+                                           f"{fig['previous_worker_bytes_per_sample'] / 1e6:.2f} MB: "
+                                           f"{fig['previous_worker_bytes_per_sample'] / fig['worker_bytes_per_sample']:.1f}x)"),
+        ("evaluation, small model", f"{fig['eval_samples_per_s']:.1f} expressions/s over {fig['eval_expressions_large']:,}; "
+                                    f"resident growth {fig['eval_rss_growth_mb_small']:.1f} MB at "
+                                    f"{fig['eval_expressions_small']:,} vs {fig['eval_rss_growth_mb_large']:.1f} MB at "
+                                    f"{fig['eval_expressions_large']:,}"),
+        ("training step, batch 2 (CPU)", f"{fig['train_step_s']:.1f} s ({fig['train']['mixed_precision']}, "
+                                         f"{fig['train']['params_m']:.0f}M params), peak {fig['train_peak_rss_mb']:,.0f} MB"),
+        ("checkpoint", f"{fig['checkpoint_mb']:.0f} MB, save {fig['checkpoint_save_s']:.1f} s, "
+                       f"load {fig['train']['checkpoint_load_s']:.1f} s"),
+    ]
+    if "eval_two_process_equal" in fig:
+        rows.append(("evaluate.py, 2 processes vs 1", f"{'equal' if fig['eval_two_process_equal'] else 'DIFFERENT'} "
+                                                     f"(mIoU {fig['eval_one_process']['mIoU']:.4f}, "
+                                                     f"{fig['eval_one_process']['num_samples']:,} expressions, "
+                                                     f"{fig['eval_one_process_s']:.0f} s vs {fig['eval_two_process_s']:.0f} s)"))
+    return rows
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from refseg.cli import ArgumentParser, quiet_libraries
+
+    ap = ArgumentParser(prog="refcoco_scale.py", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     ap.add_argument("--scale", type=float, default=0.1, help="fraction of RefCOCO's size (0.02 tests, 0.1 quick, 1.0 full)")
     ap.add_argument("--root", default=None, help="where the set lives (default: data/refcoco_scale-<scale>)")
     ap.add_argument("--seed", type=int, default=0)
@@ -613,38 +884,97 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes rendering images (default: all cores)")
     ap.add_argument("--photos", default=None, help="the realref folder whose photos make the backgrounds "
                     "(default: $REFSEG_REALREF or ../shared/realref)")
-    ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=None, help="also write the figures as JSON to this file")
+    ap.add_argument("--write-only", action="store_true", help="write (or find) the set and its JPEG figures only")
+    ap.add_argument("--loader-samples", type=int, default=240, help="training items timed per loader setting")
+    ap.add_argument("--eval-small", type=float, default=0.25, help="share of val in the small evaluation (<= 0.5)")
+    ap.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of the small evaluation model (repeatable)")
+    ap.add_argument("--train-config", default=str(REPO / "configs" / "refcoco.yaml"))
+    ap.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of the training-step config (repeatable)")
+    ap.add_argument("--train-steps", type=int, default=2, help="timed training steps (after one warm-up step)")
+    ap.add_argument("--two-process-eval", action="store_true",
+                    help="also run evaluate.py on val with 1 and with 2 processes (accelerate launch) and compare")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--measure", choices=("annotations", "eval", "train"), help=argparse.SUPPRESS)
+    ap.add_argument("--max-samples", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = ap.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        raise RehearsalError(f"--workers must be >= 1, got {args.workers}")
+    quiet_libraries()
     root = Path(args.root) if args.root else default_root(args.scale)
+    if args.measure:  # a child of the run below: one measurement, one JSON line
+        work = Path(args.out or root / ".work")
+        fn = {"annotations": lambda: measure_annotations(root),
+              "eval": lambda: measure_eval(root, args.max_samples, args.eval_set),
+              "train": lambda: measure_train(root, args.train_config, args.train_set, args.train_steps, work)}
+        print(json.dumps(fn[args.measure]()))
+        return 0
+    for name in ("workers", "loader_samples", "train_steps"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise RehearsalError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not 0 < args.eval_small <= 0.5:
+        raise RehearsalError(f"--eval-small must be in (0, 0.5], got {args.eval_small}")
     realref = Path(args.photos) if args.photos else REALREF
     meta = ensure_dataset(root, args.scale, args.seed, args.quality, args.workers, not args.no_progress, realref)
-    fig = jpeg_figures(root, realref)
+    say = (lambda *a: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say("measuring JPEG size and decode rate ...")
+    fig: dict[str, Any] = {"scale": args.scale, "machine": machine(), **jpeg_figures(root, realref), "dataset": meta}
+    if not args.write_only:
+        say("annotation load ...")
+        fig.update(_run_measure(["--measure", "annotations", "--root", str(root)]))
+        say("python -m refseg.data.check ...")
+        fig.update(measure_check(root, full_size=args.scale == 1.0))
+        say("loader ...")
+        lf = loader_figures(root, n=args.loader_samples)
+        fig["loader"] = lf
+        fig["loader_samples_per_s_per_worker"] = lf["uint8_samples_per_s"]["1"]
+        fig["worker_bytes_per_sample"] = lf["uint8_bytes_per_sample"]
+        fig["previous_worker_bytes_per_sample"] = lf["previous_bytes_per_sample"]
+        n_val = meta["splits"]["val"]["expressions"]
+        evals = {}
+        for size, n in (("small", max(1, int(n_val * args.eval_small))), ("large", n_val)):
+            say(f"evaluation over {n:,} expressions ...")
+            evals[size] = _run_measure(["--measure", "eval", "--root", str(root), "--max-samples", str(n),
+                                        *[f"--eval-set={o}" for o in args.eval_set]])
+            fig[f"eval_expressions_{size}"] = evals[size]["expressions"]
+            fig[f"eval_rss_growth_mb_{size}"] = evals[size]["eval_rss_growth_mb"]
+        fig["eval"] = evals
+        fig["eval_samples_per_s"] = evals["large"]["eval_samples_per_s"]
+        say("training step ...")
+        work = root / ".work"
+        train = _run_measure(["--measure", "train", "--root", str(root), "--out", str(work), "--train-config",
+                              args.train_config, "--train-steps", str(args.train_steps),
+                              *[f"--train-set={o}" for o in args.train_set]])
+        fig["train"] = train
+        for key in ("train_step_s", "train_peak_rss_mb", "checkpoint_save_s", "checkpoint_mb"):
+            fig[key] = train[key]
+        if args.two_process_eval:
+            import shutil
+
+            say("evaluate.py with 1 and 2 processes ...")
+            work.mkdir(parents=True, exist_ok=True)
+            try:
+                fig.update(two_process_eval(root, work, args.eval_set, batch_size=16))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    print(f"RefCOCO rehearsal at scale {args.scale:g} ({root}), {fig['machine']['date']}, commit {fig['machine']['commit']}")
+    rows = _table(fig) if not args.write_only else [
+        ("set", f"{meta['images']:,} images, {meta['refs']:,} refs, {meta['expressions']:,} expressions"),
+        ("JPEG mean size", f"{fig['jpeg_mean_kb']:.1f} KB"),
+        ("decode only", f"{fig['decode_only_samples_per_s']:.0f} img/s (realref {fig['realref_decode_samples_per_s']:.0f})")]
     g = meta["generation_s"]
-    rows = [("images / refs / expressions", f"{meta['images']:,} / {meta['refs']:,} / {meta['expressions']:,}"),
-            ("annotations (multi-part)", f"{meta['annotations']:,} ({meta['multi_part_annotations']:,})"),
-            ("JPEG mean size", f"{fig['jpeg_mean_kb']:.1f} KB ({meta['jpeg_mean_kb_per_640x480']:.1f} KB per 640x480; "
-                               f"realref photos {fig['realref_jpeg_mean_kb']:.1f} KB)"),
-            ("decode-only (cv2.imread, 1 thread)", f"{fig['decode_only_samples_per_s']:.0f} img/s "
-                                                    f"(realref photos {fig['realref_decode_samples_per_s']:.0f} img/s)"),
-            ("generation" + (" (earlier, cached)" if meta.get("cached") else ""),
-             f"plan {g['plan']:.1f} s, images {g['images']:.1f} s ({g['images_rendered']:,} rendered, "
-             f"{g['workers']} workers), annotations {g['annotations']:.1f} s"),
-            ("data size", f"{meta['total_gb']:.2f} GB")]
-    print(f"RefCOCO rehearsal at scale {args.scale:g}: {root}")
-    for k, v in rows:
-        print(f"  {k:<38} {v}")
-    lf = loader_figures(root)
-    print(f"Loader, training items at {lf['image_size']} px, batch {lf['batch_size']} (ms per sample, one thread):")
-    for key in ("previous", "uint8"):
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in lf[f"{key}_ms"].items())
-        rates = ", ".join(f"{k} workers {v:.0f}/s" for k, v in lf[f"{key}_samples_per_s"].items())
-        print(f"  {key:<9} {lf[f'{key}_bytes_per_sample'] / 1e6:.2f} MB/sample | {parts}\n            {rates}")
+    rows.append(("generation" + (" (earlier, cached)" if meta.get("cached") else ""),
+                 f"plan {g['plan']:.1f} s, images {g['images']:.1f} s ({g['images_rendered']:,} rendered, "
+                 f"{g['workers']} processes), annotations {g['annotations']:.1f} s"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import markdown_table
+
+    print(markdown_table(rows, "rehearsal"))
     if args.out:
-        Path(args.out).write_text(json.dumps({**fig, "loader": lf, "dataset": meta}, indent=1))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(fig, indent=1))
     return 0
 
 

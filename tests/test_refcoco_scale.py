@@ -142,3 +142,46 @@ def test_decode_rates_runs(rs, written):
     rates = rs.decode_rates({"a": files}, rounds=1, seconds=0.05)
     assert rates["a"] > 0
     assert cv2.imread(str(files[0])) is not None
+
+
+REQUIRED_KEYS = {"image_dir", "loader_samples_per_s_per_worker", "decode_only_samples_per_s", "worker_bytes_per_sample",
+                 "previous_worker_bytes_per_sample", "eval_expressions_small", "eval_rss_growth_mb_small",
+                 "eval_expressions_large", "eval_rss_growth_mb_large", "annotation_load_s", "annotation_rss_mb",
+                 "check_s", "train_step_s", "train_peak_rss_mb", "checkpoint_save_s", "checkpoint_mb"}
+TINY = ["model.vision.name=xcit_nano_12_p8", "model.vision.embed_dim=32", "model.vision.depth=4",
+        "model.vision.num_heads=2", "model.crossvit.embed_dim=32", "model.crossvit.num_heads=2",
+        "model.decoder.hidden_dim=32", "model.text.name=bundled-minilm", "model.vision.pretrained=null",
+        "model.image_size=64"]
+
+
+@pytest.mark.slow
+def test_benchmark_at_scale_0_02(tmp_path):
+    """The whole rehearsal at --scale 0.02 (tiny models so it stays quick): the JSON other scripts read."""
+    import os
+    import subprocess
+
+    out = tmp_path / "figures.json"
+    args = [sys.executable, str(REPO / "benchmarks" / "refcoco_scale.py"), "--scale", "0.02", "--root",
+            str(tmp_path / "set"), "--out", str(out), "--no-progress", "--loader-samples", "16", "--two-process-eval",
+            "--eval-set=model.image_size=64", *[f"--train-set={o}" for o in TINY],
+            "--train-set=model.text.trainable_layers=none"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=1200, cwd=str(REPO),
+                       env={**os.environ, "REFSEG_REALREF": str(REALREF), "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    fig = json.loads(out.read_text())
+    assert REQUIRED_KEYS <= set(fig)
+    assert Path(fig["image_dir"]).is_dir() and len(list(Path(fig["image_dir"]).glob("*.jpg"))) == 400
+    # uint8 image + uint8 mask + text vs float32 image + int64 mask + text, at 480 px
+    assert fig["previous_worker_bytes_per_sample"] >= 4 * fig["worker_bytes_per_sample"]
+    assert 0 < fig["worker_bytes_per_sample"] - (3 * 480 * 480 + 480 * 480) <= 2 * 20 * 8  # + ids and mask
+    assert fig["eval_expressions_large"] == 217 and fig["eval_expressions_large"] >= 2 * fig["eval_expressions_small"]
+    assert fig["eval_two_process_equal"] and fig["eval_two_process"]["num_samples"] == 217
+    # only the split sizes differ from RefCOCO's at this scale
+    assert len(fig["check_problems"]) == 4 and all("expected" in p for p in fig["check_problems"])
+    for key in REQUIRED_KEYS - {"image_dir"}:
+        assert isinstance(fig[key], (int, float)) and fig[key] >= 0, key
+    assert fig["checkpoint_mb"] > 1 and fig["train_peak_rss_mb"] > fig["checkpoint_mb"] / 4
+    import re
+
+    assert re.search(r"\| bytes per sample from a worker +\| 0\.92 MB \(before 4\.61 MB", r.stdout)
+    assert re.search(r"\| evaluate\.py, 2 processes vs 1 +\| equal ", r.stdout)
