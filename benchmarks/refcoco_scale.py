@@ -647,8 +647,14 @@ def measure_annotations(root: Path) -> dict:
             "annotation_peak_rss_mb": _status_mb("VmHWM") - rss0, "annotation_expressions": n}
 
 
-def measure_eval(root: Path, max_samples: Optional[int], overrides: list[str], batch_size: int = 16) -> dict:
-    """Evaluate a small random model on val (in this process, no loader workers: every byte counted)."""
+def measure_eval(root: Path, sizes: list[int], overrides: list[str], batch_size: int = 16) -> dict:
+    """Evaluate a small random model on the first ``n`` val expressions for each ``n`` of ``sizes``,
+    one after the other in this process (no loader workers: every byte is counted here).
+
+    Each evaluation's peak resident memory is taken relative to the same resident baseline, after a
+    warm-up evaluation (allocator pools, lazily built kernels): what one batch needs is in every
+    figure, what stays behind per expression would make the larger set's figure grow.
+    """
     import torch
 
     from refseg.config import load_config
@@ -663,16 +669,21 @@ def measure_eval(root: Path, max_samples: Optional[int], overrides: list[str], b
     model = build_model(cfg.model, load_pretrained=False).eval()
     tok = load_tokenizer(cfg.model.text.name)
     ds = RefSegDataset(open_source(_data_config(root)), "val", tok, cfg.model.image_size, cfg.model.text.max_tokens,
-                       train=False, max_samples=max_samples)
-    evaluate(model, torch.utils.data.Subset(ds, range(min(2 * batch_size, len(ds)))), batch_size=batch_size,
-             progress=False)  # warm: allocator pools and lazy initialisation are not growth
+                       train=False)
+    evaluate(model, torch.utils.data.Subset(ds, range(min(4 * batch_size, len(ds)))), batch_size=batch_size,
+             progress=False)
     rss0 = _status_mb("VmRSS")
-    _reset_peak_rss()
-    t0 = time.perf_counter()
-    res = evaluate(model, ds, batch_size=batch_size, progress=False)
-    dt = time.perf_counter() - t0
-    return {"expressions": len(ds), "eval_s": dt, "eval_samples_per_s": len(ds) / dt,
-            "eval_rss_growth_mb": _status_mb("VmHWM") - rss0, "mIoU": res["mIoU"], "threads": torch.get_num_threads()}
+    out = []
+    for n in sizes:
+        _reset_peak_rss()
+        t0 = time.perf_counter()
+        res = evaluate(model, torch.utils.data.Subset(ds, range(min(n, len(ds)))), batch_size=batch_size,
+                       progress=False)
+        dt = time.perf_counter() - t0
+        out.append({"expressions": res["num_samples"], "eval_s": dt, "eval_samples_per_s": res["num_samples"] / dt,
+                    "eval_rss_growth_mb": _status_mb("VmHWM") - rss0,
+                    "eval_rss_retained_mb": _status_mb("VmRSS") - rss0, "mIoU": res["mIoU"]})
+    return {"runs": out, "threads": torch.get_num_threads(), "batch_size": batch_size}
 
 
 def measure_train(root: Path, config: str, overrides: list[str], steps: int, work: Path) -> dict:
@@ -720,12 +731,19 @@ def measure_train(root: Path, config: str, overrides: list[str], steps: int, wor
             "mixed_precision": trainer.accelerator.mixed_precision, "notes": notes}
 
 
-def _run_measure(args: list[str], timeout: float = 3 * 3600) -> dict:
+# glibc raises its mmap threshold as large blocks are freed, so later image-sized buffers come from
+# the heap, and where they land moves peak and resident memory by tens of MB from run to run (measured:
+# 240-352 MB peak growth over the same evaluation). A fixed threshold keeps them in mmap and makes the
+# evaluation figures say what refseg keeps, not where the heap fragmented.
+EVAL_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def _run_measure(args: list[str], env: Optional[dict] = None, timeout: float = 3 * 3600) -> dict:
     """This script with ``--measure ...`` in a fresh interpreter; returns its JSON answer."""
     import subprocess
 
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
+                       timeout=timeout, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     if r.returncode != 0:
         raise RuntimeError(f"measurement {' '.join(args)} failed: {r.stderr.strip()[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -832,6 +850,7 @@ def _commit() -> str:
 
 def _table(fig: dict) -> list[tuple[str, str]]:
     lf = fig["loader"]
+    retained = " / ".join(f"{r['eval_rss_retained_mb']:.0f}" for r in fig["eval"]["runs"])
     rows = [
         ("machine", f"{fig['machine']['cpu']}, {fig['machine']['cores']} cores, flags "
                     f"{' '.join(fig['machine']['cpu_flags'])}, load {fig['machine']['load_average_1_5_15']}"),
@@ -852,10 +871,11 @@ def _table(fig: dict) -> list[tuple[str, str]]:
         ("bytes per sample from a worker", f"{fig['worker_bytes_per_sample'] / 1e6:.2f} MB (before "
                                            f"{fig['previous_worker_bytes_per_sample'] / 1e6:.2f} MB: "
                                            f"{fig['previous_worker_bytes_per_sample'] / fig['worker_bytes_per_sample']:.1f}x)"),
-        ("evaluation, small model", f"{fig['eval_samples_per_s']:.1f} expressions/s over {fig['eval_expressions_large']:,}; "
-                                    f"resident growth {fig['eval_rss_growth_mb_small']:.1f} MB at "
-                                    f"{fig['eval_expressions_small']:,} vs {fig['eval_rss_growth_mb_large']:.1f} MB at "
-                                    f"{fig['eval_expressions_large']:,}"),
+        ("evaluation, small model", f"{fig['eval_samples_per_s']:.1f} expressions/s over {fig['eval_expressions_large']:,} "
+                                    f"(batch {fig['eval']['batch_size']}, {fig['eval']['threads']} threads)"),
+        ("eval peak resident growth (fixed mmap threshold)", f"{fig['eval_rss_growth_mb_small']:.0f} MB over {fig['eval_expressions_small']:,} "
+                                             f"expressions, {fig['eval_rss_growth_mb_large']:.0f} MB over "
+                                             f"{fig['eval_expressions_large']:,} (retained after: {retained} MB)"),
         ("training step, batch 2 (CPU)", f"{fig['train_step_s']:.1f} s ({fig['train']['mixed_precision']}, "
                                          f"{fig['train']['params_m']:.0f}M params), peak {fig['train_peak_rss_mb']:,.0f} MB"),
         ("checkpoint", f"{fig['checkpoint_mb']:.0f} MB, save {fig['checkpoint_save_s']:.1f} s, "
@@ -898,7 +918,7 @@ def main(argv=None) -> int:
                     help="also run evaluate.py on val with 1 and with 2 processes (accelerate launch) and compare")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--measure", choices=("annotations", "eval", "train"), help=argparse.SUPPRESS)
-    ap.add_argument("--max-samples", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--eval-sizes", default="", help=argparse.SUPPRESS)
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = ap.parse_args(argv)
     quiet_libraries()
@@ -906,7 +926,7 @@ def main(argv=None) -> int:
     if args.measure:  # a child of the run below: one measurement, one JSON line
         work = Path(args.out or root / ".work")
         fn = {"annotations": lambda: measure_annotations(root),
-              "eval": lambda: measure_eval(root, args.max_samples, args.eval_set),
+              "eval": lambda: measure_eval(root, [int(v) for v in args.eval_sizes.split(",")], args.eval_set),
               "train": lambda: measure_train(root, args.train_config, args.train_set, args.train_steps, work)}
         print(json.dumps(fn[args.measure]()))
         return 0
@@ -933,15 +953,16 @@ def main(argv=None) -> int:
         fig["worker_bytes_per_sample"] = lf["uint8_bytes_per_sample"]
         fig["previous_worker_bytes_per_sample"] = lf["previous_bytes_per_sample"]
         n_val = meta["splits"]["val"]["expressions"]
-        evals = {}
-        for size, n in (("small", max(1, int(n_val * args.eval_small))), ("large", n_val)):
-            say(f"evaluation over {n:,} expressions ...")
-            evals[size] = _run_measure(["--measure", "eval", "--root", str(root), "--max-samples", str(n),
-                                        *[f"--eval-set={o}" for o in args.eval_set]])
-            fig[f"eval_expressions_{size}"] = evals[size]["expressions"]
-            fig[f"eval_rss_growth_mb_{size}"] = evals[size]["eval_rss_growth_mb"]
-        fig["eval"] = evals
-        fig["eval_samples_per_s"] = evals["large"]["eval_samples_per_s"]
+        sizes = [max(1, int(n_val * args.eval_small)), n_val]
+        say(f"evaluation over {sizes[0]:,} and then {sizes[1]:,} expressions ...")
+        ev = _run_measure(["--measure", "eval", "--root", str(root), "--eval-sizes", ",".join(map(str, sizes)),
+                           *[f"--eval-set={o}" for o in args.eval_set]], env=EVAL_ENV)
+        ev["env"] = EVAL_ENV
+        for size, run in zip(("small", "large"), ev["runs"]):
+            fig[f"eval_expressions_{size}"] = run["expressions"]
+            fig[f"eval_rss_growth_mb_{size}"] = run["eval_rss_growth_mb"]
+        fig["eval"] = ev
+        fig["eval_samples_per_s"] = ev["runs"][1]["eval_samples_per_s"]
         say("training step ...")
         work = root / ".work"
         train = _run_measure(["--measure", "train", "--root", str(root), "--out", str(work), "--train-config",
