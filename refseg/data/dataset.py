@@ -20,7 +20,14 @@ from ..errors import DataError
 from .transforms import encode_text, preprocess_image, resize_mask
 from .types import Sample, Source
 
-__all__ = ["RefSegDataset", "collate", "photometric_jitter"]
+__all__ = ["RefSegDataset", "collate", "photometric_jitter", "preprocessing"]
+
+
+def preprocessing(model_config) -> dict[str, Any]:
+    """``RefSegDataset`` keyword arguments for a ``ModelConfig``'s preprocessing: image_size, max_tokens,
+    image_resize, truncation (read by attribute: the data package does not import the config module)."""
+    return dict(image_size=model_config.image_size, max_tokens=model_config.text.max_tokens,
+                image_resize=model_config.image_resize, truncation=model_config.text.truncation)
 
 
 class RefSegDataset(Dataset):
@@ -30,11 +37,13 @@ class RefSegDataset(Dataset):
 
     ``max_samples`` keeps the first N items (refs when training, (ref, sentence) pairs otherwise).
     ``augment`` (training only) adds photometric jitter; no flips ("left"/"right" in expressions).
+    ``image_resize`` and ``truncation``: the model config's preprocessing (``model.image_resize``,
+    ``model.text.truncation``).
     """
 
     def __init__(self, source: Source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
                  train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
-                 seed: int = 0):
+                 seed: int = 0, image_resize: str = "opencv", truncation: str = "sep"):
         self.source = source
         self.seed = int(seed)
         self.epoch: Optional[int] = None
@@ -42,6 +51,7 @@ class RefSegDataset(Dataset):
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.max_tokens = int(max_tokens)
+        self.image_resize, self.truncation = image_resize, truncation
         self.train = bool(train)
         self.augment = bool(augment) and self.train
         self.samples: list[Sample] = list(source.samples(split))
@@ -118,14 +128,14 @@ class RefSegDataset(Dataset):
                                 f"(ref_id {sample.ref_id})")
             if self.augment:
                 image = photometric_jitter(image, rng)
-            pixel_values = preprocess_image(image, self.image_size)
-            labels = torch.from_numpy(resize_mask(mask, self.image_size).astype(np.int64))
+            pixel_values = preprocess_image(image, self.image_size, self.image_resize)
+            labels = torch.from_numpy(resize_mask(mask, self.image_size, self.image_resize).astype(np.int64))
         except DataError:
             raise
         except (cv2.error, ValueError, OSError) as e:
             raise DataError(f"{sample.image_path}: ref_id {sample.ref_id}, sent_id {sample.sent_id}: "
                             f"{type(e).__name__}: {e}") from None
-        ids, attn = encode_text(self.tokenizer, text, self.max_tokens)
+        ids, attn = encode_text(self.tokenizer, text, self.max_tokens, self.truncation)
         item = {"pixel_values": pixel_values, "input_ids": ids[0], "attention_mask": attn[0],
                 "labels": labels, "index": int(index)}
         if not self.train:

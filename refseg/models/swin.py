@@ -33,6 +33,7 @@ from torch import nn
 from timm.layers import PatchEmbed, calculate_drop_path_rates, resize_rel_pos_bias_table
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 
+from ..config import SWIN_NAME
 from .xcit import OUT_STRIDES, XCiTHierarchical, _init_linear, _read_state_dict, _short, _tokens_to_map
 
 logger = logging.getLogger("refseg")
@@ -44,7 +45,6 @@ SWIN_SIZES = {
     "base": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
     "large": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
 }
-_SWIN_NAME = re.compile(r"(?:swin_)?(tiny|small|base|large)(?:_patch4_window\d+_(?:224|384))?(?:\.[\w]+)?")
 
 
 def swin_variant_args(name: str) -> dict:
@@ -52,7 +52,7 @@ def swin_variant_args(name: str) -> dict:
 
     Returns dict(embed_dim, depths, num_heads).
     """
-    m = _SWIN_NAME.fullmatch(name.strip())
+    m = SWIN_NAME.fullmatch(name.strip())
     if m is None:
         raise ValueError(f"model.vision.name: unknown Swin variant '{name}' "
                          f"(expected swin_tiny, swin_small, swin_base or swin_large)")
