@@ -1,7 +1,9 @@
 """Helpers shared by the benchmark scripts: config loading, offline model building, fake text inputs."""
 from __future__ import annotations
 
-import os
+import ctypes
+import gc
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,8 +30,11 @@ def load_cfg(path: str | None, overrides: list[str]):
     return load_config(path, overrides=overrides)
 
 
-def text_source(name: str) -> tuple[str | None, str]:
-    """Where the text architecture comes from, offline. Returns (text_source or None, note)."""
+def text_source(name: str, weights: bool = False) -> tuple[str | None, str]:
+    """Where the text architecture comes from, offline. Returns (text_source or None, note).
+
+    ``weights``: also write random weights there, for code that loads a pretrained text model (the Trainer).
+    """
     from transformers import AutoConfig
 
     from refseg.models.text import resolve_text_path
@@ -47,6 +52,10 @@ def text_source(name: str) -> tuple[str | None, str]:
         if name == "bert-base-cased":
             cfg.vocab_size = 28996
         cfg.save_pretrained(d)
+        if weights:
+            from transformers import BertModel
+
+            BertModel(cfg, add_pooling_layer=False).save_pretrained(d)
         return d, f"{name} not available offline: same architecture from BertConfig defaults (random weights)"
     raise SystemExit(f"error: text model '{name}' is not available offline; add model.text.name=bundled-minilm")
 
@@ -92,3 +101,26 @@ def start_app(checkpoint, log, *args: str, timeout: float = 180.0):
                 proc.kill()
                 raise SystemExit(f"error: app.py did not start; its log: {log.name}")
             time.sleep(0.5)
+
+
+def proc_kib(key: str) -> int | None:
+    """A ``/proc/self/status`` memory field in KiB (VmRSS, VmHWM, ...), or None where there is none."""
+    try:
+        m = re.search(rf"{key}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident size (VmHWM) to its current RSS; False where Linux does not allow it."""
+    gc.collect()
+    try:  # hand freed heap back to the OS so the next peak is measured from a clean base
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False

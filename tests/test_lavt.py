@@ -131,3 +131,4 @@ def test_best_metric_and_text_options_are_choices():
         load_config(overrides=["train.best_metric=miou"])
     with pytest.raises(ConfigError, match="model.image_resize: expected one of opencv, pil"):
         load_config(overrides=["model.image_resize=cv2"])
+
