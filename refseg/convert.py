@@ -128,7 +128,9 @@ def read_lavt_checkpoint(path: str | Path) -> LavtCheckpoint:
         if refused:
             raise CheckpointError(f"{path}: refused: the file asks to run or import {refused.group(1)}, which a LAVT "
                                   f"checkpoint never does (only tensors and argparse.Namespace are allowed)") from None
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint ({first_line(e)})") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))  # torch's weights-only wording, first line
+        raise CheckpointError(f"{path}: cannot read it as a PyTorch checkpoint "
+                              f"({reason.group(1).strip() if reason else first_line(e)})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CheckpointError(f"{path}: not a LAVT checkpoint (expected a dict with 'model', as LAVT's train.py saves)")
     model = _strip_module(obj["model"])
@@ -311,11 +313,13 @@ def convert_lavt(path: str | Path, text_model: str, out: str | Path, progress: b
     out = Path(out).expanduser()
     if out.exists():
         raise UserError(f"--out {out} already exists (remove it or choose another directory)")
-    with tqdm(total=4, desc="read", disable=not progress, leave=False) as bar:  # closed (erased) on errors too
+    # a terminal only (None: off when stderr is not a TTY); closed, i.e. erased, on errors too
+    with tqdm(total=4, desc="read", disable=None if progress else True, leave=False) as bar:
+        text_layers = _text_layers(text_model)  # a missing text model fails before the large read
         ckpt = read_lavt_checkpoint(path)
         bar.update()
         bar.set_description("build")
-        config = lavt_model_config(ckpt, text_model, _text_layers(text_model))
+        config = lavt_model_config(ckpt, text_model, text_layers)
         try:
             tokenizer = load_tokenizer(text_model)
             model = RefSegModel(config, load_pretrained=False)
