@@ -55,7 +55,10 @@ def text_source(name: str, weights: bool = False) -> tuple[str | None, str]:
         if weights:
             from transformers import BertModel
 
-            BertModel(cfg, add_pooling_layer=False).save_pretrained(d)
+            from refseg.models.text import quiet_transformers
+
+            with quiet_transformers():
+                BertModel(cfg, add_pooling_layer=False).save_pretrained(d)
         return d, f"{name} not available offline: same architecture from BertConfig defaults (random weights)"
     raise SystemExit(f"error: text model '{name}' is not available offline; add model.text.name=bundled-minilm")
 

@@ -10,9 +10,9 @@ BertConfig when bert-base-uncased is not at hand), at each size (default 480, 96
 - peak memory above what was resident before the timed passes (CUDA: max_memory_allocated; CPU: the
   process's peak resident set, VmHWM, reset before them).
 
-Every measurement runs in a child process (a clean peak, and an allocation failure stays there);
-on CPU a size whose peak, extrapolated from the smaller sizes in proportion to pixels, would not fit
-in the memory available is skipped and says so. Precision is the same for all (``--mixed-precision``,
+Every measurement runs in a child process (a clean peak), on CPU with its address space limited to 80%
+of the memory available when it starts: a forward pass or training step that does not fit fails
+there ("out of memory" in the table) instead of pushing the machine into swap or the OOM killer. Precision is the same for all (``--mixed-precision``,
 default fp32). Prints the machine (CPU model and flags, threads, torch), the date and the git commit,
 then a table with ratios to LAVT.
 
@@ -124,24 +124,44 @@ def worker(config: str, size: int, batch: int, repeats: int, device: str, mixed_
         rec = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads(),
                "precision": trainer.accelerator.mixed_precision}
         g = torch.Generator().manual_seed(0)
-        ids, mask = fake_text(cfg, 1, dev)
-        x = torch.randn(1, 3, size, size, generator=g).to(dev)
-        model.eval()
-        with torch.inference_mode(), autocast(dev, mixed_precision):
-            model(x, ids, mask)  # warm-up
+
+        def forward():
+            ids, mask = fake_text(cfg, 1, dev)
+            x = torch.randn(1, 3, size, size, generator=g).to(dev)
+            model.eval()
+            with torch.inference_mode(), autocast(dev, mixed_precision):
+                model(x, ids, mask)  # warm-up
+                base = _reset(cuda)
+                t = _timed(lambda: model(x, ids, mask), repeats, cuda)
+                return {"forward_s": statistics.median(t), "forward_peak_mib": _peak_mib(cuda, base)}
+
+        def step():
+            ids, mask = fake_text(cfg, batch, "cpu")
+            b = {"pixel_values": torch.randn(batch, 3, size, size, generator=g), "input_ids": ids,
+                 "attention_mask": mask, "labels": (torch.rand(batch, size, size, generator=g) > 0.9).long()}
+            model.train()
+            trainer.train_step(b)  # warm-up (allocates the optimiser state)
             base = _reset(cuda)
-            t = _timed(lambda: model(x, ids, mask), repeats, cuda)
-            rec.update(forward_s=statistics.median(t), forward_peak_mib=_peak_mib(cuda, base))
-        del x
-        ids, mask = fake_text(cfg, batch, "cpu")
-        b = {"pixel_values": torch.randn(batch, 3, size, size, generator=g), "input_ids": ids,
-             "attention_mask": mask, "labels": (torch.rand(batch, size, size, generator=g) > 0.9).long()}
-        model.train()
-        trainer.train_step(b)  # warm-up (allocates the optimiser state)
-        base = _reset(cuda)
-        t = _timed(lambda: trainer.train_step(b), repeats, cuda)
-        rec.update(step_s=statistics.median(t), step_peak_mib=_peak_mib(cuda, base))
+            t = _timed(lambda: trainer.train_step(b), repeats, cuda)
+            return {"step_s": statistics.median(t), "step_peak_mib": _peak_mib(cuda, base)}
+
+        for phase, fn in (("forward", forward), ("step", step)):
+            try:
+                rec.update(fn())
+            except (RuntimeError, MemoryError) as e:  # over the address-space limit (or out of GPU memory)
+                if "memory" not in str(e).lower() and not isinstance(e, MemoryError):
+                    raise
+                rec[f"{phase}_error"] = "out of memory"
+                if cuda:
+                    torch.cuda.empty_cache()
     return rec
+
+
+def _cell(rec: dict, key: str, fmt: str) -> str:
+    """A measured value, or why there is none (e.g. "out of memory" for a training step that did not fit)."""
+    if key in rec:
+        return fmt.format(rec[key])
+    return rec.get(f"{key.split('_')[0]}_error", "-")
 
 
 def _available_mib() -> float:
@@ -184,7 +204,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         if args.device == "cpu":  # an allocation that would not fit fails here instead of waking the OOM killer
-            limit = int((_available_mib() * 0.9 + 4096) * 2 ** 20)
+            limit = int(_available_mib() * 0.8 * 2 ** 20)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         rec = worker(args.worker[0], int(args.worker[1]), args.batch_size, args.repeats, args.device,
                      args.mixed_precision, args.text_dir)
@@ -221,23 +241,12 @@ def run_all(args, texts: dict) -> dict[str, dict[int, dict]]:
         text_dir = texts[load_cfg(MODELS[name], []).model.text.name]
         records[name] = {}
         for size in sorted(args.sizes):
-            done = [(s, r) for s, r in records[name].items() if "step_peak_mib" in r]
-            if args.device == "cpu" and done:
-                s0, r0 = done[-1]
-                need = max(r0["step_peak_mib"], r0["forward_peak_mib"]) * (size / s0) ** 2
-                if need > 0.85 * _available_mib():
-                    records[name][size] = {"error": f"skipped: ~{need / 1024:.0f} GiB expected (from {s0} px), "
-                                                    f"{_available_mib() / 1024:.0f} GiB available"}
-                    print(f"  {name:12s} {size:5d}px  {records[name][size]['error']}", file=sys.stderr)
-                    continue
             t0 = time.time()
             rec = records[name][size] = _child(args, name, size, text_dir)
-            if "error" in rec:
-                print(f"  {name:12s} {size:5d}px  error: {rec['error']}", file=sys.stderr)
-            else:
-                print(f"  {name:12s} {size:5d}px  forward {rec['forward_s']:8.2f} s  {rec['forward_peak_mib']:8.0f} MiB   "
-                      f"step {rec['step_s']:8.2f} s  {rec['step_peak_mib']:8.0f} MiB   ({time.time() - t0:.0f} s)",
-                      file=sys.stderr)
+            print(f"  {name:12s} {size:5d}px  " + ("error: " + rec["error"] if "error" in rec else
+                  f"forward {_cell(rec, 'forward_s', '{:.2f} s')} {_cell(rec, 'forward_peak_mib', '{:.0f} MiB')}   "
+                  f"step {_cell(rec, 'step_s', '{:.2f} s')} {_cell(rec, 'step_peak_mib', '{:.0f} MiB')}")
+                  + f"   ({time.time() - t0:.0f} s)", file=sys.stderr)
     return records
 
 
@@ -255,7 +264,7 @@ def print_table(args, records: dict[str, dict[int, dict]]) -> None:
             for key, fmt in (("forward_s", "{:.2f}"), ("step_s", "{:.2f}"), ("forward_peak_mib", "{:.0f}"),
                              ("step_peak_mib", "{:.0f}")):
                 base = ref.get(size, {}).get(key)
-                cells += [fmt.format(r[key]), f"{r[key] / base:.2f}" if base else "-"]
+                cells += [_cell(r, key, fmt), f"{r[key] / base:.2f}" if base and key in r else "-"]
             print(f"| {name} | {r['params_m']:.0f}M | {size} | " + " | ".join(cells) + " |")
 
 
