@@ -31,7 +31,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -118,42 +117,41 @@ def worker(config: str, size: int, batch: int, repeats: int, device: str, mixed_
     cfg = load_cfg(config, overrides + ([f"model.text.name={text_dir}"] if text_dir else []))
     torch.manual_seed(0)
     cuda = device == "cuda"
-    with tempfile.TemporaryDirectory(prefix="refseg-backbones-") as tmp:
-        trainer = Trainer(cfg, output_dir=tmp, progress=False, cpu=not cuda).setup(data=False)
-        model, dev = trainer.unwrapped, trainer.accelerator.device
-        rec = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads(),
-               "precision": trainer.accelerator.mixed_precision}
-        g = torch.Generator().manual_seed(0)
+    trainer = Trainer(cfg, progress=False, cpu=not cuda).setup(data=False)  # no run directory
+    model, dev = trainer.unwrapped, trainer.accelerator.device
+    rec = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads(),
+           "precision": trainer.accelerator.mixed_precision}
+    g = torch.Generator().manual_seed(0)
 
-        def forward():
-            ids, mask = fake_text(cfg, 1, dev)
-            x = torch.randn(1, 3, size, size, generator=g).to(dev)
-            model.eval()
-            with torch.inference_mode(), autocast(dev, mixed_precision):
-                model(x, ids, mask)  # warm-up
-                base = _reset(cuda)
-                t = _timed(lambda: model(x, ids, mask), repeats, cuda)
-                return {"forward_s": statistics.median(t), "forward_peak_mib": _peak_mib(cuda, base)}
-
-        def step():
-            ids, mask = fake_text(cfg, batch, "cpu")
-            b = {"pixel_values": torch.randn(batch, 3, size, size, generator=g), "input_ids": ids,
-                 "attention_mask": mask, "labels": (torch.rand(batch, size, size, generator=g) > 0.9).long()}
-            model.train()
-            trainer.train_step(b)  # warm-up (allocates the optimiser state)
+    def forward():
+        ids, mask = fake_text(cfg, 1, dev)
+        x = torch.randn(1, 3, size, size, generator=g).to(dev)
+        model.eval()
+        with torch.inference_mode(), autocast(dev, mixed_precision):
+            model(x, ids, mask)  # warm-up
             base = _reset(cuda)
-            t = _timed(lambda: trainer.train_step(b), repeats, cuda)
-            return {"step_s": statistics.median(t), "step_peak_mib": _peak_mib(cuda, base)}
+            t = _timed(lambda: model(x, ids, mask), repeats, cuda)
+            return {"forward_s": statistics.median(t), "forward_peak_mib": _peak_mib(cuda, base)}
 
-        for phase, fn in (("forward", forward), ("step", step)):
-            try:
-                rec.update(fn())
-            except (RuntimeError, MemoryError) as e:  # over the address-space limit (or out of GPU memory)
-                if "memory" not in str(e).lower() and not isinstance(e, MemoryError):
-                    raise
-                rec[f"{phase}_error"] = "out of memory"
-                if cuda:
-                    torch.cuda.empty_cache()
+    def step():
+        ids, mask = fake_text(cfg, batch, "cpu")
+        b = {"pixel_values": torch.randn(batch, 3, size, size, generator=g), "input_ids": ids,
+             "attention_mask": mask, "labels": (torch.rand(batch, size, size, generator=g) > 0.9).long()}
+        model.train()
+        trainer.train_step(b)  # warm-up (allocates the optimiser state)
+        base = _reset(cuda)
+        t = _timed(lambda: trainer.train_step(b), repeats, cuda)
+        return {"step_s": statistics.median(t), "step_peak_mib": _peak_mib(cuda, base)}
+
+    for phase, fn in (("forward", forward), ("step", step)):
+        try:
+            rec.update(fn())
+        except (RuntimeError, MemoryError) as e:  # over the address-space limit (or out of GPU memory)
+            if "memory" not in str(e).lower() and not isinstance(e, MemoryError):
+                raise
+            rec[f"{phase}_error"] = "out of memory"
+            if cuda:
+                torch.cuda.empty_cache()
     return rec
 
 
