@@ -10,9 +10,10 @@ BertConfig when bert-base-uncased is not at hand), at each size (default 480, 96
 - peak memory above what was resident before the timed passes (CUDA: max_memory_allocated; CPU: the
   process's peak resident set, VmHWM, reset before them).
 
-Every measurement runs in a child process (a clean peak), on CPU with its address space limited to 80%
-of the memory available when it starts: a forward pass or training step that does not fit fails
-there ("out of memory" in the table) instead of pushing the machine into swap or the OOM killer. Precision is the same for all (``--mixed-precision``,
+Every measurement runs in a child process (a clean peak), on CPU with its address space limited to what
+it has mapped after start-up plus 80% of the memory available then: a forward pass or training step
+that needs more fails there ("out of memory" in the table, with the limit in the log) instead of
+pushing the machine into the OOM killer. Precision is the same for all (``--mixed-precision``,
 default fp32). Prints the machine (CPU model and flags, threads, torch), the date and the git commit,
 then a table with ratios to LAVT.
 
@@ -201,12 +202,15 @@ def main(argv=None) -> int:
     ap.add_argument("--text-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
+        limit_gib = None
         if args.device == "cpu":  # an allocation that would not fit fails here instead of waking the OOM killer
-            limit = int(_available_mib() * 0.8 * 2 ** 20)
+            # the address space already mapped (libraries: ~3 GiB, little of it resident) + 80% of free memory
+            limit = int((proc_kib("VmSize") or 0) * 1024 + _available_mib() * 0.8 * 2 ** 20)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            limit_gib = round(_available_mib() * 0.8 / 1024, 1)
         rec = worker(args.worker[0], int(args.worker[1]), args.batch_size, args.repeats, args.device,
                      args.mixed_precision, args.text_dir)
-        print(json.dumps(rec))
+        print(json.dumps({**rec, "memory_limit_gib": limit_gib}))
         return 0
 
     print(f"machine: {machine()}")
@@ -244,7 +248,7 @@ def run_all(args, texts: dict) -> dict[str, dict[int, dict]]:
             print(f"  {name:12s} {size:5d}px  " + ("error: " + rec["error"] if "error" in rec else
                   f"forward {_cell(rec, 'forward_s', '{:.2f} s')} {_cell(rec, 'forward_peak_mib', '{:.0f} MiB')}   "
                   f"step {_cell(rec, 'step_s', '{:.2f} s')} {_cell(rec, 'step_peak_mib', '{:.0f} MiB')}")
-                  + f"   ({time.time() - t0:.0f} s)", file=sys.stderr)
+                  + f"   ({time.time() - t0:.0f} s, memory limit {rec.get('memory_limit_gib')} GiB)", file=sys.stderr)
     return records
 
 
