@@ -1,9 +1,11 @@
 """Helpers shared by the benchmark scripts: config loading, offline model building, fake text inputs."""
 from __future__ import annotations
 
+import atexit
 import ctypes
 import gc
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -48,6 +50,7 @@ def text_source(name: str, weights: bool = False) -> tuple[str | None, str]:
         from transformers import BertConfig
 
         d = tempfile.mkdtemp(prefix="refseg-bench-text-")
+        atexit.register(shutil.rmtree, d, True)  # removed when this process ends
         cfg = BertConfig()  # transformers' defaults are bert-base's shape
         if name == "bert-base-cased":
             cfg.vocab_size = 28996

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -224,12 +223,7 @@ def main(argv=None) -> int:
             texts[text], note = text_source(text, weights=True)
             if note:
                 print(f"note: {note}")
-    try:
-        records = run_all(args, texts)
-    finally:
-        for d in texts.values():
-            if d:
-                shutil.rmtree(d, ignore_errors=True)
+    records = run_all(args, texts)  # (text_source removes its directories when this process ends)
     print_table(args, records)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"machine": machine(), "commit": commit(), "args": vars(args),

@@ -15,7 +15,6 @@ machine (``--compile-cache`` keeps them: what a second run on the same machine p
 """
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 
@@ -51,8 +50,6 @@ def main(argv=None) -> int:
     if source is not None:
         cfg.model.text.name = source
     trainer = Trainer(cfg, progress=False).setup(data=False)  # no run directory
-    if source is not None:  # the random text weights are in memory now
-        shutil.rmtree(source, ignore_errors=True)
     B, S = cfg.train.batch_size, cfg.model.image_size
     g = torch.Generator().manual_seed(0)
     ids, mask = fake_text(cfg, B, "cpu")
