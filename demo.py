@@ -5,7 +5,9 @@
     python demo.py --image x.png --text "the blue square" --checkpoint runs/x/best --out o.png --mask m.png
     python demo.py --image photo.jpg --text "the dog" --explain explain/   # where each word looked
 
-Without --checkpoint the newest runs/*/best is used.
+Without --checkpoint the newest runs/*/best is used. A checkpoint trained on refshapes (the default
+run's synthetic shapes) knows shapes, not people or objects: the demo says so. For photos, train on
+RefCOCO (configs/refcoco.yaml) or convert LAVT's published weights (README, "Use LAVT's published weights").
 """
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SYNTHETIC_NOTE = ("note: this checkpoint was trained on refshapes (synthetic shapes), so on photos it will not find "
+                  "people or objects; train on RefCOCO (configs/refcoco.yaml) or convert LAVT's published weights "
+                  "(README: Use LAVT's published weights)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from refseg.cli import quiet_libraries
@@ -53,6 +60,9 @@ def main(argv=None) -> int:
     from refseg.predictor import Predictor
 
     predictor = Predictor.from_pretrained(ckpt, device=args.device)
+    from refseg.config import load_run_config
+    if load_run_config(ckpt).data.name == "refshapes":
+        print(SYNTHETIC_NOTE)
     mask = predictor.predict(image, text)
     if args.explain:
         explanation = predictor.explain(image, text)

@@ -6,7 +6,7 @@
     accelerate launch evaluate.py --checkpoint runs/x/best --split testA     # same numbers, P processes
 
 Prints P@0.5..P@0.9, oIoU and mIoU (percent, two decimals), one row per split. Scoring is at the
-original image size; ``--resized-gt`` scores at image_size x image_size like LAVT's test.py.
+original image size; ``--resized-gt`` scores at image_size x image_size in fp32 like LAVT's test.py.
 ``--shuffle-text`` pairs every image with another object's expression (the language ablation).
 ``--out`` is a plain file and is replaced if it exists; a non-empty ``--gallery`` directory is refused
 unless ``--overwrite`` moves it aside (to DIR.old-<n>).
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, help="val | testA | testB | test | ... | all (every split but train)")
     p.add_argument("--out", default=None, help="write the results as JSON to this file (replaced if it exists)")
     p.add_argument("--shuffle-text", action="store_true", help="pair each image with another object's expression")
-    p.add_argument("--resized-gt", action="store_true", help="score at image_size x image_size (LAVT test.py)")
+    p.add_argument("--resized-gt", action="store_true", help="score at image_size x image_size, in fp32 unless "
+                                                             "eval.mixed_precision says otherwise (LAVT test.py)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval.batch_size")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
     p.add_argument("--gallery", default=None, help="write the 16 lowest-IoU predictions as PNGs into this directory "
@@ -112,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from accelerate import Accelerator
 
-    from refseg.data.dataset import RefSegDataset
+    from refseg.data.dataset import RefSegDataset, preprocessing
     from refseg.engine.evaluate import evaluate
     from refseg.metrics import format_per_type, format_table
 
@@ -130,15 +131,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     results = {}
     for split in eval_splits:
-        ds = RefSegDataset(source, split, tokenizer, cfg.model.image_size, cfg.model.text.max_tokens,
-                           train=False, max_samples=args.max_samples)
+        ds = RefSegDataset(source, split, tokenizer, **preprocessing(cfg.model), train=False,
+                           max_samples=args.max_samples)
         gallery = None
         if args.gallery:
             gallery = Path(args.gallery) / split if len(eval_splits) > 1 else Path(args.gallery)
         results[split] = evaluate(model, ds, accelerator=accelerator, batch_size=batch_size,
                                   resized_gt=resized_gt, shuffle_text=args.shuffle_text, gallery_dir=gallery,
                                   progress=is_main and not args.no_progress, num_workers=num_workers,
-                                  desc=split)
+                                  desc=split, mixed_precision=cfg.eval.mixed_precision)
 
     if is_main:
         mode = f"resized gt {cfg.model.image_size}x{cfg.model.image_size}" if resized_gt else "original size"

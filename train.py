@@ -5,6 +5,7 @@
     accelerate launch train.py --config configs/refcoco.yaml --output-dir runs/refcoco
     accelerate launch train.py --resume              # continue the newest run
     accelerate launch train.py --output-dir runs/x --overwrite    # start over; the old run -> runs/x.old-1
+    accelerate launch train.py --config configs/lavt_refcoco.yaml --init-from checkpoints/lavt_refcoco   # fine-tune
     python train.py train.max_steps=200 model.image_size=160
     python train.py --help-config                    # every config key with its type, default and help
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --output-dir that holds a run: the old run is moved to "
                         "<dir>.old-<n> (never deleted)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from a checkpoint directory's weights (fine-tuning, e.g. a converted LAVT "
+                        "checkpoint); the same as train.init_from=CHECKPOINT")
     p.add_argument("--help-config", action="store_true",
                    help="list every config key (type, default, help) and exit")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
@@ -56,6 +60,8 @@ def main(argv=None) -> int:
     from refseg.engine.rundir import resolve_run_dir
     from refseg.engine.trainer import train
 
+    if args.init_from:
+        args.overrides.append(f"train.init_from={args.init_from}")
     if args.resume:
         out = resolve_run_dir(args.output_dir, resume=True)
         cfg = load_run_config(out / "config.yaml", args.overrides)

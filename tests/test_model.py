@@ -145,7 +145,7 @@ def test_hierarchical_encoder_trains():
     out.mean().backward()
     assert m.encoder.stages[3][0].attn.qkv.weight.grad.abs().sum() > 0
     assert m.crossvit.xcit_cls_proj[3].weight.grad is not None  # CLS carried to the wider stage
-    with pytest.raises(ValueError, match="only for the xcit_columnar"):
+    with pytest.raises(ValueError, match="xcit_columnar and swin encoders only"):
         build_model(_cfg("model.vision.arch=xcit_hierarchical", "model.vision.pretrained=xcit_nano_12_p8"))
 
 
@@ -166,14 +166,23 @@ def test_predictor_returns_mask_at_image_size(model, tmp_path):
         pred.predict(img, "  ")
 
 
-def test_frozen_text_encoder_has_no_dropout_trainable_one_does(tok):
+def test_text_dropout_frozen_trainable_and_lavt(tok):
+    """Frozen: no dropout. Trainable layers: dropout while training (refseg's choice, and LAVT-One's),
+    or none with model.text.train_dropout=false (LAVT: its BERT stays in eval mode while layers train)."""
     ids, mask = _text(tok, ["the red circle on the left"])
     m = build_model(_cfg()).train()
     assert m.text_encoder.frozen and not m.text_encoder.model.training
     assert torch.equal(m.text_encoder(ids, mask), m.text_encoder(ids, mask))
     ft = build_model(_cfg("model.text.trainable_layers=[0]")).train()
-    assert ft.text_encoder.model.training  # LAVT fine-tunes BERT with its dropout
+    assert ft.text_encoder.model.training
+    torch.manual_seed(0)
+    assert not torch.equal(ft.text_encoder(ids, mask), ft.text_encoder(ids, mask))  # dropout draws differ
     assert not ft.eval().text_encoder.model.training
+    lavt = build_model(_cfg("model.text.trainable_layers=[0]", "model.text.train_dropout=false")).train()
+    assert lavt.training and not lavt.text_encoder.model.training
+    out = lavt.text_encoder(ids, mask)
+    assert torch.equal(out, lavt.text_encoder(ids, mask)) and out.requires_grad  # no dropout, still trains
+    assert any(p.requires_grad for p in lavt.text_encoder.parameters())
 
 
 def test_deep_supervision_heads_and_loss(tok):

@@ -79,6 +79,8 @@ CLI_BAD_INPUTS = {
     "train": ["train.py", "train.max_stepz=3"],
     "refshapes": ["-m", "refseg.data.refshapes", "--train", "-3", "--root", "/tmp/never-written"],
     "check": ["-m", "refseg.data.check", "--data-root", "/no/such/data"],
+    "convert": ["-m", "refseg.convert", "lavt", "/no/such/refcoco.pth", "--text-model", "bundled-minilm",
+                "--out", "/tmp/never-written"],
 }
 
 

@@ -217,9 +217,9 @@ def test_checkpoint_loaders_in_a_loop_while_best_is_saved(trained_run, tmp_path,
     monkeypatch.setattr(RefSegModel, "_load_directory", classmethod(counted_load))
     thread = threading.Thread(target=writer)
     thread.start()
-    seen = []
-    try:
-        while len(seen) < 4:
+    seen, deadline = [], time.monotonic() + 120
+    try:  # at least 4 loads and until a load sees a later save (loads can be faster than saves)
+        while (len(seen) < 4 or len(set(seen)) < 2) and time.monotonic() < deadline:
             loaded = (Predictor.from_pretrained(target, device="cpu").model if len(seen) % 2
                       else load_checkpoint(target)[0])
             versions = {p.detach().view(-1)[0].item() for p in loaded.parameters()}

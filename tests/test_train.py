@@ -150,6 +150,8 @@ def test_demo_writes_overlay_at_image_size(trained_run, tmp_path):
     mask = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
     assert mask.shape == src.shape[:2] and set(np.unique(mask)) <= {0, 255}
     assert str(o) in r.stdout
+    notes = [line for line in r.stdout.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "trained on refshapes" in notes[0] and "LAVT" in notes[0]
 
 
 def test_demo_uses_newest_run_by_default(trained_run, tmp_path):

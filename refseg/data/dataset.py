@@ -26,7 +26,14 @@ from ..errors import DataError
 from .transforms import encode_text, image_to_uint8, normalize_pixels, polygon_mask, preprocess_image, resize_mask
 from .types import Sample, Source
 
-__all__ = ["RefSegDataset", "collate", "model_inputs", "photometric_jitter", "worker_init"]
+__all__ = ["RefSegDataset", "collate", "model_inputs", "photometric_jitter", "preprocessing", "worker_init"]
+
+
+def preprocessing(model_config) -> dict[str, Any]:
+    """``RefSegDataset`` keyword arguments for a ``ModelConfig``'s preprocessing: image_size, max_tokens,
+    image_resize, truncation (read by attribute: the data package does not import the config module)."""
+    return dict(image_size=model_config.image_size, max_tokens=model_config.text.max_tokens,
+                image_resize=model_config.image_resize, truncation=model_config.text.truncation)
 
 
 class RefSegDataset(Dataset):
@@ -37,13 +44,16 @@ class RefSegDataset(Dataset):
 
     ``max_samples`` keeps the first N items (refs when training, (ref, sentence) pairs otherwise).
     ``augment`` (training only) adds photometric jitter; no flips ("left"/"right" in expressions).
+    ``image_resize`` and ``truncation``: the model config's preprocessing (``model.image_resize``,
+    ``model.text.truncation``); with ``pil`` (LAVT's) training masks are resized from the original-size
+    mask as LAVT does, not rasterised from the polygons.
     ``uint8=False`` gives the float32 items of before (normalised ``pixel_values``, int64 ``labels``
     resized from the original-size mask), kept to measure what the uint8 path saves.
     """
 
     def __init__(self, source: Source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
                  train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
-                 seed: int = 0, uint8: bool = True):
+                 seed: int = 0, image_resize: str = "opencv", truncation: str = "sep", uint8: bool = True):
         self.uint8 = bool(uint8)
         self.source = source
         self.seed = int(seed)
@@ -52,6 +62,7 @@ class RefSegDataset(Dataset):
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.max_tokens = int(max_tokens)
+        self.image_resize, self.truncation = image_resize, truncation
         self.train = bool(train)
         self.augment = bool(augment) and self.train
         self.samples: list[Sample] = list(source.samples(split))
@@ -125,7 +136,8 @@ class RefSegDataset(Dataset):
         try:
             image = self.source.load_image(sample)
             # evaluation keeps the original-size mask (scoring) and resizes it (resized_gt scoring)
-            labels = self._target_size_mask(sample) if self.uint8 and self.train else None
+            labels = (self._target_size_mask(sample) if self.uint8 and self.train and self.image_resize == "opencv"
+                      else None)
             mask = self.source.load_mask(sample) if labels is None else None
             if mask is not None and mask.shape != image.shape[:2]:
                 raise DataError(f"{sample.image_path}: mask {mask.shape} and image {image.shape[:2]} differ "
@@ -133,19 +145,19 @@ class RefSegDataset(Dataset):
             if self.augment:
                 image = photometric_jitter(image, rng)
             if self.uint8:
-                pixel_values = image_to_uint8(image, self.image_size)
+                pixel_values = image_to_uint8(image, self.image_size, self.image_resize)
                 if labels is None:
-                    labels = resize_mask(mask, self.image_size).view(np.uint8)
-                labels = torch.from_numpy(labels)
+                    labels = resize_mask(mask, self.image_size, self.image_resize).view(np.uint8)
+                labels = torch.from_numpy(np.ascontiguousarray(labels))
             else:
-                pixel_values = preprocess_image(image, self.image_size)
-                labels = torch.from_numpy(resize_mask(mask, self.image_size).astype(np.int64))
+                pixel_values = preprocess_image(image, self.image_size, self.image_resize)
+                labels = torch.from_numpy(resize_mask(mask, self.image_size, self.image_resize).astype(np.int64))
         except DataError:
             raise
         except (cv2.error, ValueError, OSError) as e:
             raise DataError(f"{sample.image_path}: ref_id {sample.ref_id}, sent_id {sample.sent_id}: "
                             f"{type(e).__name__}: {e}") from None
-        ids, attn = encode_text(self.tokenizer, text, self.max_tokens)
+        ids, attn = encode_text(self.tokenizer, text, self.max_tokens, self.truncation)
         item = {"pixel_values": pixel_values, "input_ids": ids[0], "attention_mask": attn[0],
                 "labels": labels, "index": int(index)}
         if not self.train:

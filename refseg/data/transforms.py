@@ -9,27 +9,38 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def preprocess_image(image: np.ndarray, size: int) -> torch.Tensor:
+RESIZE_METHODS = ("opencv", "pil")  # model.image_resize
+
+
+def preprocess_image(image: np.ndarray, size: int, method: str = "opencv") -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> normalised float tensor (3, size, size) (LAVT: square resize)."""
-    return normalize_pixels(image_to_uint8(image, size))
+    return normalize_pixels(image_to_uint8(image, size, method))
 
 
-def image_to_uint8(image: np.ndarray, size: int) -> torch.Tensor:
+def image_to_uint8(image: np.ndarray, size: int, method: str = "opencv") -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> contiguous uint8 (3, size, size), square bilinear resize (LAVT).
 
+    ``method``: ``opencv`` (cv2 INTER_LINEAR) or ``pil`` (PIL bilinear, which widens its filter when
+    shrinking: LAVT's torchvision ``resize`` on PIL images).
     The planes are split by OpenCV straight into the output (about 0.03 ms at 480 px); stacking
     channel-first views of the (size, size, 3) resize instead costs a strided copy of ~1 ms in collate.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    if method == "pil":
+        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    elif method == "opencv":
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    else:
+        raise ValueError(f"image resize method: expected one of {RESIZE_METHODS}, got {method!r}")
     out = np.empty((3, size, size), np.uint8)
-    cv2.split(resized, [out[0], out[1], out[2]])
+    cv2.split(np.ascontiguousarray(resized), [out[0], out[1], out[2]])
     return torch.from_numpy(out)
 
 
@@ -81,8 +92,15 @@ def polygon_mask(segm, height: int, width: int, size: int) -> np.ndarray | None:
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(parts, size, size), intersect=False))
 
 
-def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Bool/uint8 mask (H, W) -> bool mask (size, size) or (h, w) with nearest-neighbour resampling."""
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int], method: str = "opencv") -> np.ndarray:
+    """Bool/uint8 mask (H, W) -> bool mask (size, size) or (h, w) with nearest-neighbour resampling.
+
+    ``method``: ``opencv`` (pixel-centre indices, ``resize_label_map``) or ``pil`` (PIL nearest, LAVT's;
+    it rounds some exact half-pixel positions the other way).
+    """
+    if method == "pil":
+        h, w = (size, size) if isinstance(size, int) else size
+        return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST)).astype(bool)
     return resize_label_map(mask.astype(np.uint8), size).astype(bool)
 
 
@@ -107,10 +125,26 @@ def clean_text(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def encode_text(tokenizer, texts: str | list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise to fixed length: returns input_ids and attention_mask, each (B, max_tokens) long."""
+def encode_text(tokenizer, texts: str | list[str], max_tokens: int,
+                truncation: str = "sep") -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise to fixed length: returns input_ids and attention_mask, each (B, max_tokens) long.
+
+    ``truncation``: ``sep`` (a long expression keeps its closing [SEP]) or ``cut`` (LAVT: the whole
+    encoding [CLS] ... [SEP] cut at ``max_tokens``, padded with the pad id).
+    """
     if isinstance(texts, str):
         texts = [texts]
-    enc = tokenizer([clean_text(t) for t in texts], padding="max_length", truncation=True,
-                    max_length=max_tokens, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"]
+    texts = [clean_text(t) for t in texts]
+    if truncation == "sep":
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+    if truncation != "cut":
+        raise ValueError(f"truncation: expected sep or cut, got {truncation!r}")
+    encoded = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    ids = torch.full((len(texts), max_tokens), tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(texts), max_tokens), dtype=torch.long)
+    for i, seq in enumerate(encoded):
+        seq = seq[:max_tokens]
+        ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, :len(seq)] = 1
+    return ids, mask

@@ -77,8 +77,11 @@ def _predict(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def score_positions(model, base, positions: Sequence[int], device: torch.device, batch_size: int = 16,
                     resized_gt: bool = False, num_workers: int = 0, progress: bool = False,
-                    desc: str = "eval") -> SegMetrics:
-    """Score the base-dataset items ``positions`` on this process; returns the per-sample records."""
+                    desc: str = "eval", mixed_precision: str = "auto") -> SegMetrics:
+    """Score the base-dataset items ``positions`` on this process; returns the per-sample records.
+
+    ``mixed_precision``: ``eval.mixed_precision`` (see ``scoring_precision``).
+    """
     from tqdm.auto import tqdm
 
     metrics = SegMetrics()
@@ -90,7 +93,7 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
             x = model_inputs(batch, device)  # uint8 pixels normalised on the device
-            with autocast(device):
+            with autocast(device, scoring_precision(mixed_precision, resized_gt)):
                 logits = model(x["pixel_values"], x["input_ids"], x["attention_mask"]).logits.float()
             for b, idx in enumerate(batch["index"].tolist()):
                 sample = base.sample(idx)
@@ -103,9 +106,16 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
     return metrics
 
 
+def scoring_precision(mixed_precision: str, resized_gt: bool) -> str:
+    """``eval.mixed_precision`` resolved for scoring: ``auto`` is fp32 ("no") at resized ground truth,
+    LAVT's test.py protocol, so its numbers reproduce; otherwise ``ops.autocast`` decides."""
+    return "no" if mixed_precision == "auto" and resized_gt else mixed_precision
+
+
 def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt: bool = False,
              shuffle_text: bool = False, gallery_dir: str | Path | None = None, progress: bool = True,
-             num_workers: int = 0, gallery_size: int = 16, seed: int = 0, desc: str = "eval") -> dict:
+             num_workers: int = 0, gallery_size: int = 16, seed: int = 0, desc: str = "eval",
+             mixed_precision: str = "auto") -> dict:
     """Score ``model`` on ``dataset`` (a RefSegDataset with train=False, or a Subset of one).
 
     Returns ``{P@0.5 .. P@0.9, oIoU, mIoU, num_samples}`` in percent (plus ``per_type`` {type: mIoU}
@@ -136,7 +146,7 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
     model.eval()
     try:
         local = score_positions(model, base, positions[rank::world], device, batch_size, resized_gt,
-                                num_workers, progress and is_main, desc)
+                                num_workers, progress and is_main, desc, mixed_precision)
         if world > 1:
             from accelerate.utils import gather_object
 
@@ -145,7 +155,8 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
             merged = local
         results = merged.compute()
         if gallery_dir is not None and is_main:
-            write_gallery(model, base, merged, gallery_dir, device, k=gallery_size, resized_gt=resized_gt)
+            write_gallery(model, base, merged, gallery_dir, device, k=gallery_size, resized_gt=resized_gt,
+                          mixed_precision=mixed_precision)
         if world > 1:
             accelerator.wait_for_everyone()
     finally:
@@ -154,7 +165,7 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
 
 
 def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device: torch.device, k: int = 16,
-                  resized_gt: bool = False) -> list[dict]:
+                  resized_gt: bool = False, mixed_precision: str = "auto") -> list[dict]:
     """The ``k`` lowest-IoU samples as PNGs (image, green gt outline, tinted prediction, expression, IoU)."""
     from ..data.io import write_image
     from ..visualize import overlay
@@ -168,7 +179,7 @@ def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device:
         for rank, idx in enumerate(worst):
             item = collate([base[idx]])
             x = model_inputs(item, device)
-            with autocast(device):
+            with autocast(device, scoring_precision(mixed_precision, resized_gt)):
                 logits = model(x["pixel_values"], x["input_ids"], x["attention_mask"]).logits
             sample = base.sample(idx)
             image = base.source.load_image(sample)

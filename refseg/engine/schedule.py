@@ -13,19 +13,31 @@ _NO_DECAY_KEYWORDS = ("temperature", "pos_embed", "cls_token", "gamma", "positio
                       "token_type_embeddings", "relative_position")
 
 
-def _no_decay(name: str, param: torch.Tensor) -> bool:
+# LAVT's "backbone" (its MultiModalSwinTransformer) holds the encoder, PWAMs, gates and output norms.
+_LAVT_BACKBONE = ("encoder.", "pwams.", "gates.", "norms.")
+_LAVT_NO_DECAY_KEYWORDS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
+
+
+def _no_decay(name: str, param: torch.Tensor, rule: str = "refseg") -> bool:
+    if rule == "lavt":  # LAVT train.py: only the backbone's norms and position tables skip decay
+        return name.startswith(_LAVT_BACKBONE) and any(k in name for k in _LAVT_NO_DECAY_KEYWORDS)
     return param.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _NO_DECAY_KEYWORDS)
 
 
 def parameter_groups(model: nn.Module, lr: float, weight_decay: float,
-                     text_lr: float | None = None) -> list[dict]:
-    """AdamW groups: {decay, no decay} x {text encoder, rest}; frozen parameters are left out."""
+                     text_lr: float | None = None, rule: str = "refseg") -> list[dict]:
+    """AdamW groups: {decay, no decay} x {text encoder, rest}; frozen parameters are left out.
+
+    ``rule`` (``train.weight_decay_rule``): refseg exempts every norm, bias, 1-d tensor and position
+    table; lavt only the norms and relative-position tables of the encoder, PWAMs, gates and output norms.
+    """
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        name = name.removeprefix("module.")
         is_text = name.startswith("text_encoder.") or ".text_encoder." in name
-        groups.setdefault((is_text, _no_decay(name, p)), []).append(p)
+        groups.setdefault((is_text, _no_decay(name, p, rule)), []).append(p)
     out = []
     for (is_text, no_decay), params in sorted(groups.items()):
         out.append({

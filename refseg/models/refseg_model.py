@@ -1,4 +1,4 @@
-"""RefSegModel: LAVT-style referring segmentation with an XCiT encoder and a CrossViT branch.
+"""RefSegModel: LAVT-style referring segmentation with an XCiT (or LAVT's Swin) encoder and a CrossViT branch.
 
     image ─► XCiT stage i ─► [CrossViT CLS exchange] ─► PWAM_i(words) ─► F_i ─┬─► LayerNorm_i ─► resample ─► decoder
                  ▲                                                               │
@@ -31,6 +31,7 @@ from ..utils import atomic_directory, read_directory
 from .crossvit import CrossViTBranch
 from .decoder import SimpleDecoder
 from .pwam import PWAM, LanguageGate
+from .swin import SwinEncoder, load_swin_pretrained
 from .text import TextEncoder, load_tokenizer
 from .xcit import XCiTColumnar, XCiTHierarchical, load_xcit_pretrained
 
@@ -72,13 +73,20 @@ def build_encoder(config: Union[ModelConfig, RunConfig], load_pretrained: bool =
         enc = XCiTColumnar(v.name, embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads,
                            patch_size=v.patch_size, out_indices=v.out_indices,
                            drop_path_rate=v.drop_path_rate, attention=v.attention)
+    elif v.arch == "swin":
+        enc = SwinEncoder(v.name, embed_dim=v.embed_dim, depths=v.swin_depths, num_heads=v.swin_heads,
+                          window_size=v.window_size, drop_path_rate=v.drop_path_rate)
     else:  # xcit_hierarchical (the config's Literal admits nothing else)
         enc = XCiTHierarchical(v.hierarchical_dims, v.hierarchical_depths, v.hierarchical_heads,
                                drop_path_rate=v.drop_path_rate, attention=v.attention)
     if load_pretrained and v.pretrained:
-        if not isinstance(enc, XCiTColumnar):
-            raise ValueError("model.vision.pretrained: pretrained weights exist only for the xcit_columnar encoder")
-        load_xcit_pretrained(enc, v.pretrained)
+        if isinstance(enc, SwinEncoder):
+            load_swin_pretrained(enc, v.pretrained)
+        elif isinstance(enc, XCiTColumnar):
+            load_xcit_pretrained(enc, v.pretrained)
+        else:
+            raise ValueError("model.vision.pretrained: pretrained weights exist for the xcit_columnar and swin "
+                             "encoders only")
     return enc
 
 
@@ -102,7 +110,8 @@ class RefSegModel(nn.Module):
         self.encoder = build_encoder(m, load_pretrained=load_pretrained)
         self._text_source = text_source or m.text.name
         self.text_encoder = TextEncoder(self._text_source, trainable_layers=m.text.trainable_layers,
-                                        train_embeddings=m.text.train_embeddings, load_weights=load_pretrained)
+                                        train_embeddings=m.text.train_embeddings, load_weights=load_pretrained,
+                                        train_dropout=m.text.train_dropout)
         dims = list(self.encoder.out_channels)
         self.pwams = nn.ModuleList([PWAM(d, self.text_encoder.hidden_size, m.fusion) for d in dims])
         # No gate after the last stage: nothing consumes V + S*F there (LAVT computes it and drops it).
@@ -230,25 +239,36 @@ class RefSegModel(nn.Module):
 
     @classmethod
     def _load_directory(cls, path: Path, map_location: str | torch.device = "cpu") -> "RefSegModel":
-        from safetensors.torch import load_file
-
-        if not path.exists():
-            raise CheckpointError(f"checkpoint directory not found: {path}")
-        if not path.is_dir():
-            raise CheckpointError(f"not a checkpoint directory: {path}")
-        for name in (CONFIG_FILE, WEIGHTS_FILE, f"{TEXT_DIR}/config.json", TOKENIZER_DIR):
-            if not (path / name).exists():
-                raise CheckpointError(f"{path}: missing {name} (not a complete refseg checkpoint)")
+        path = _checkpoint_dir(path)
         try:
             cfg = load_run_config(path / CONFIG_FILE)
         except ConfigError as e:
             raise CheckpointError(f"{path}: bad {CONFIG_FILE}: {e}") from None
+        return cls._with_weights(path, cfg.model, map_location).eval()
+
+    @classmethod
+    def from_weights(cls, path: str | os.PathLike, config: Union[ModelConfig, RunConfig],
+                     map_location: str | torch.device = "cpu") -> "RefSegModel":
+        """The model of ``config`` with every weight from checkpoint directory ``path`` (fine-tuning).
+
+        The text architecture and tokenizer come from the checkpoint; the weights must match ``config``
+        tensor for tensor (else CheckpointError). Returns the model in train mode. Safe while a run
+        replaces the checkpoint, as ``from_pretrained``.
+        """
+        return read_directory(Path(path).expanduser(), lambda d: cls._with_weights(d, config, map_location))
+
+    @classmethod
+    def _with_weights(cls, path: Path, config: Union[ModelConfig, RunConfig],
+                      map_location: str | torch.device = "cpu") -> "RefSegModel":
+        from safetensors.torch import load_file
+
+        path = _checkpoint_dir(path)
         try:
             state = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
         except Exception as e:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read weights ({first_line(e)})") from None
         try:
-            model = cls(cfg.model, load_pretrained=False, text_source=str(path / TEXT_DIR))
+            model = cls(config, load_pretrained=False, text_source=str(path / TEXT_DIR))
         except (RuntimeError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: cannot build the model ({first_line(e)})") from None
         try:
@@ -259,7 +279,20 @@ class RefSegModel(nn.Module):
             raise CheckpointError(f"{path / WEIGHTS_FILE}: does not match {CONFIG_FILE} "
                                   f"({len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
         model._tokenizer_dir = str(path / TOKENIZER_DIR)
-        return model.to(map_location).eval()
+        return model.to(map_location)
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, after checking it holds a complete checkpoint (else CheckpointError)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"not a checkpoint directory: {path}")
+    for name in (CONFIG_FILE, WEIGHTS_FILE, f"{TEXT_DIR}/config.json", TOKENIZER_DIR):
+        if not (path / name).exists():
+            raise CheckpointError(f"{path}: missing {name} (not a complete refseg checkpoint)")
+    return path
 
 
 def build_model(config: Union[ModelConfig, RunConfig], load_pretrained: bool = True) -> RefSegModel:

@@ -58,10 +58,12 @@ class TextEncoder(nn.Module):
 
     ``trainable_layers``: "all", "none" or a list of encoder layer indices that train
     (LAVT fine-tunes layers 0-9 of BERT-base). Embeddings train only with ``train_embeddings``.
+    ``train_dropout``: dropout on while trainable layers train (False: eval mode throughout, as LAVT's
+    BERT); a frozen encoder never uses dropout.
     """
 
     def __init__(self, name: str, trainable_layers="none", train_embeddings: bool = False,
-                 load_weights: bool = True):
+                 load_weights: bool = True, train_dropout: bool = True):
         super().__init__()
         path = resolve_text_path(name)
         try:
@@ -70,6 +72,7 @@ class TextEncoder(nn.Module):
         except OSError as e:
             raise RuntimeError(f"cannot load the text encoder '{name}': {str(e).splitlines()[0]}") from None
         self.hidden_size = self.model.config.hidden_size
+        self.train_dropout = bool(train_dropout)
         self.set_trainable(trainable_layers, train_embeddings)
 
     @staticmethod
@@ -112,9 +115,10 @@ class TextEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> "TextEncoder":
         # A frozen encoder is a fixed feature extractor: no dropout on its features, even while the
-        # rest of the model trains (fine-tuned layers keep BERT's dropout, as in LAVT).
+        # rest of the model trains. Fine-tuned layers use BERT's dropout unless train_dropout is off
+        # (LAVT's BERT is built apart from the model and never leaves eval mode; LAVT-One's trains with it).
         super().train(mode)
-        if self.frozen:
+        if self.frozen or not self.train_dropout:
             self.model.eval()
         return self
 
