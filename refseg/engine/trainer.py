@@ -231,6 +231,10 @@ class Trainer:
         if acc.device.type == "cpu":
             torch.set_num_threads(cpu_threads(tc.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         self.max_steps = tc.max_steps or 0
+        if data and self.is_main and self.progress:  # which precision `auto` chose on this machine
+            threads = f", {torch.get_num_threads()} threads" if acc.device.type == "cpu" else ""
+            print(f"training on {acc.device}{threads} x {self.world} process(es), mixed precision "
+                  f"{acc.mixed_precision} (train.mixed_precision={tc.mixed_precision})")
         if data:
             self._setup_data()
         self._setup_model()
