@@ -4,8 +4,8 @@
     mask = pred.predict(image_rgb_uint8, "the man on the left")     # (H, W) bool
     prob = pred.predict_proba(image_rgb_uint8, "the man on the left")  # (H, W) float32 in [0, 1]
 
-Preprocessing is the training one (``preprocess_image`` square resize to the model's
-``config.image_size``, ``encode_text`` to ``config.text.max_tokens``); logits are upsampled
+Preprocessing is the training one (``image_to_uint8`` square resize to the model's
+``config.image_size``, ``normalize_pixels`` on the model's device, ``encode_text`` to ``config.text.max_tokens``); logits are upsampled
 bilinearly to (H, W).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .data.transforms import encode_text, preprocess_image
+from .data.transforms import encode_text, image_to_uint8, normalize_pixels
 from .ops import autocast, object_margin, resize
 
 
@@ -68,7 +68,9 @@ class Predictor:
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise ValueError("text: expected a non-empty expression")
-        pixels = preprocess_image(image, self.image_size, self.config.image_resize).unsqueeze(0).to(self.device)
+        # uint8 to the device, normalised there (as the loader's batches): a quarter of the bytes to copy
+        pixels = normalize_pixels(image_to_uint8(image, self.image_size, self.config.image_resize)
+                                  .unsqueeze(0).to(self.device))
         ids, mask = encode_text(self.tokenizer, texts, self.max_tokens, self.config.text.truncation)
         return pixels.expand(len(texts), -1, -1, -1), ids.to(self.device), mask.to(self.device)
 
