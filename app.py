@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from refseg.cli import UserError, quiet_libraries
     quiet_libraries()
     from refseg import app
-    from refseg.utils import resolve_checkpoint
+    from refseg.hub import resolve_checkpoint
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     predictor = Predictor.from_pretrained(ckpt, device=args.device)
     segmenter = app.Segmenter(predictor, max_megapixels=args.max_megapixels or app.MAX_MEGAPIXELS)
-    examples = app.dataset_examples(ckpt)
+    examples = app.dataset_examples(predictor.run_config)
     demo = app.build_demo(segmenter, examples=examples, photos=photos, title="refseg")
     print(f"model {ckpt} on {predictor.device} ({torch.get_num_threads()} threads); {len(examples)} dataset "
           f"examples, {len(photos)} photos")

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="input image (any format PIL reads)")
     p.add_argument("--text", required=True, help="the referring expression")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint directory (default: the newest runs/*/best)")
+                   help="checkpoint directory or Hugging Face Hub id org/name[@revision] (default: the newest "
+                        "runs/*/best); a local path wins over an id of the same spelling")
     p.add_argument("--out", default=None, help="overlay image to write (default: <image>_overlay.png "
                                                 "in the current directory); a plain file, replaced if it exists")
     p.add_argument("--mask", default=None, help="also write the binary mask as a PNG here (replaced if it exists)")
@@ -46,30 +47,30 @@ def main(argv=None) -> int:
     from refseg.errors import UserError
     quiet_libraries()
     from refseg.data.io import read_image, write_image
-    from refseg.data.transforms import clean_text
-    from refseg.utils import resolve_checkpoint
+    from refseg.hub import resolve_checkpoint
     from refseg.visualize import overlay
 
-    text = clean_text(args.text)
-    if not text:
+    if not args.text.strip():
         raise UserError("--text is empty: give an expression such as \"the man on the left\"")
     image = read_image(args.image)  # validate the input before the (slower) model load
-    ckpt = resolve_checkpoint(args.checkpoint)
+    ckpt = resolve_checkpoint(args.checkpoint)  # a local directory, or a Hub id's snapshot in the cache
     if not args.checkpoint:
         print(f"using the newest checkpoint: {ckpt}")
     from refseg.predictor import Predictor
 
-    predictor = Predictor.from_pretrained(ckpt, device=args.device)
-    from refseg.config import load_run_config
-    if load_run_config(ckpt).data.name == "refshapes":
+    predictor = Predictor.from_pretrained(ckpt, device=args.device)  # checked and read once
+    if predictor.run_config.data.name == "refshapes":
         print(SYNTHETIC_NOTE)
-    mask = predictor.predict(image, text)
-    if args.explain:
-        explanation = predictor.explain(image, text)
+    text = predictor.processor.clean_text(args.text)  # for the caption; the processor cleans what it encodes
+    if args.explain:  # one forward pass gives the mask and the attention maps
+        explanation = predictor.explain(image, args.text)
+        mask = explanation.mask
         paths = explanation.write(args.explain, image)
         gates = ", ".join(f"stage {i + 1} {g:.3f}" for i, g in enumerate(explanation.gate_means))
         print(f"word attention of {len(explanation.tokens)} tokens x {explanation.num_stages} stages: "
               f"{len(paths)} images in {args.explain} (contact_sheet.png); language gate mean |S|: {gates}")
+    else:
+        mask = predictor.predict(image, args.text)
     out = Path(args.out) if args.out else Path(Path(args.image).stem + "_overlay.png")
     write_image(out, overlay(image, mask, text))
     print(f"mask covers {100.0 * mask.mean():.1f}% of the {image.shape[1]}x{image.shape[0]} image")

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.yaml, model.safetensors, tokenizer/)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.yaml, model.safetensors, "
+                                                       "processor) or Hub id org/name[@revision]")
     p.add_argument("--data-root", default=None, help="data folder (default: the checkpoint's data.root, or 'data' "
                                                      "with --dataset)")
     p.add_argument("--dataset", default=None, help="refcoco | refcoco+ | refcocog | refshapes | a refer-layout folder "
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(path: Path):
-    """(model, tokenizer) from a checkpoint directory (a seam for tests)."""
+    """The ``Checkpoint`` (model, processor, run config) of a checkpoint directory (a seam for tests)."""
     from refseg.models import load_checkpoint
 
     return load_checkpoint(path)
@@ -83,17 +84,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from refseg.config import load_run_config
     from refseg.data.sources import is_hf_export, open_source  # torch-free: bad input fails fast
+    from refseg.hub import resolve_checkpoint
     from refseg.utils import atomic_write_text, read_directory
 
     def read_config(ckpt: Path):
-        if not ckpt.is_dir():
-            raise UserError(f"checkpoint not found: {ckpt} (expected a directory with config.yaml and "
-                            f"model.safetensors)")
         if not (ckpt / "config.yaml").is_file():
             raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
         return load_run_config(ckpt / "config.yaml")
 
-    ckpt = Path(args.checkpoint).expanduser()
+    ckpt = resolve_checkpoint(args.checkpoint)  # a local directory, or a Hub id's snapshot
+    # the data settings, read before the (slower) model load so a bad dataset or split fails fast
     cfg = read_directory(ckpt, read_config)  # safe while a training run replaces it
     data = _data_config(cfg, args)
     if data.name == "refshapes":  # deterministic: regenerate the exact data the model trained on
@@ -113,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from accelerate import Accelerator
 
-    from refseg.data.dataset import RefSegDataset, preprocessing
+    from refseg.data.dataset import RefSegDataset
     from refseg.engine.evaluate import evaluate
     from refseg.metrics import format_per_type, format_table
 
@@ -122,8 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     accelerator = Accelerator()
     if args.gallery:  # decided once, before anything is written
         on_main_process(lambda: str(claim_output_dir(args.gallery, args.overwrite)), accelerator.state)
-    model, tokenizer = _load_model(ckpt)
-    model.to(accelerator.device)
+    checkpoint = _load_model(ckpt)
+    model, processor = checkpoint.model.to(accelerator.device), checkpoint.processor
     batch_size = args.batch_size or cfg.eval.batch_size
     num_workers = cfg.data.num_workers if args.num_workers is None else args.num_workers
     resized_gt = args.resized_gt or cfg.eval.resized_gt
@@ -131,12 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     results = {}
     for split in eval_splits:
-        ds = RefSegDataset(source, split, tokenizer, **preprocessing(cfg.model), train=False,
-                           max_samples=args.max_samples)
+        ds = RefSegDataset(source, split, processor, train=False, max_samples=args.max_samples)
         gallery = None
         if args.gallery:
             gallery = Path(args.gallery) / split if len(eval_splits) > 1 else Path(args.gallery)
-        results[split] = evaluate(model, ds, accelerator=accelerator, batch_size=batch_size,
+        results[split] = evaluate(model, ds, processor, accelerator=accelerator, batch_size=batch_size,
                                   resized_gt=resized_gt, shuffle_text=args.shuffle_text, gallery_dir=gallery,
                                   progress=is_main and not args.no_progress, num_workers=num_workers,
                                   desc=split, mixed_precision=cfg.eval.mixed_precision)

@@ -63,7 +63,7 @@ def _stats(times: list[float]) -> str:
 def main(argv=None) -> int:
     from refseg.cli import ArgumentParser
     from refseg.errors import UserError
-    from refseg.utils import resolve_checkpoint
+    from refseg.hub import resolve_checkpoint
 
     ap = ArgumentParser(prog="app_latency.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="default: the newest runs/*/best")

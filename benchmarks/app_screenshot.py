@@ -20,7 +20,7 @@ from _common import REPO, start_app
 def main(argv=None) -> int:
     from refseg.cli import ArgumentParser
     from refseg.errors import UserError
-    from refseg.utils import resolve_checkpoint
+    from refseg.hub import resolve_checkpoint
 
     ap = ArgumentParser(prog="app_screenshot.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="default: the newest runs/*/best")
@@ -38,7 +38,9 @@ def main(argv=None) -> int:
 
     from refseg.app import dataset_examples
 
-    examples = dataset_examples(ckpt)
+    from refseg.config import load_run_config
+
+    examples = dataset_examples(load_run_config(ckpt))
     image = args.image or (examples[0][0] if examples else None)
     if image is None:
         raise UserError("the checkpoint's dataset is not on this machine: pass --image")

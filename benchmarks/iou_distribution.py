@@ -24,17 +24,15 @@ def main(argv=None) -> int:
     ap.add_argument("--min-count", type=int, default=25)
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = ap.parse_args(argv)
-    from refseg.config import load_run_config
     from refseg.data import RefSegDataset, open_source
-    from refseg.data.dataset import preprocessing
     from refseg.engine.evaluate import score_positions
     from refseg.models import load_checkpoint
 
-    model, tok = load_checkpoint(args.checkpoint)
-    cfg = load_run_config(args.checkpoint)  # the dataset it was trained on
+    ckpt = load_checkpoint(args.checkpoint)
+    model, cfg = ckpt.model, ckpt.run_config  # the dataset it was trained on
     if args.data_root:
         cfg.data.root = args.data_root
-    ds = RefSegDataset(open_source(cfg.data), args.split, tok, **preprocessing(cfg.model))
+    ds = RefSegDataset(open_source(cfg.data), args.split, ckpt.processor)
     by_pos = score_positions(model, ds, list(range(len(ds))), torch.device("cpu"), args.batch_size).ious()
     ious = np.array([by_pos[i] for i in range(len(ds))])
     hit = ious > 0.5

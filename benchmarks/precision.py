@@ -67,7 +67,6 @@ def main(argv=None) -> int:
     import torch
     from torch import nn
 
-    from refseg.engine.losses import SegmentationLoss
     from refseg.engine.trainer import resolve_mixed_precision
     from refseg.utils import cpu_bf16_flags
 
@@ -103,7 +102,6 @@ def main(argv=None) -> int:
     if not args.skip_model:
         model, note = build_random_model(cfg)
         model.train()
-        criterion = SegmentationLoss(cfg.loss)
         pixels = torch.randn(B, 3, S, S, generator=g)
         ids, mask = fake_text(cfg, B, "cpu")
         labels = (torch.rand(B, S, S, generator=g) > 0.9).long()
@@ -111,7 +109,7 @@ def main(argv=None) -> int:
         def model_step(dtype):
             def step():
                 with autocast(dtype):
-                    loss = criterion(model(pixels, ids, mask), labels)
+                    loss = model(pixels, ids, mask, labels=labels).loss
                 loss.backward()
                 model.zero_grad(set_to_none=True)
             return step

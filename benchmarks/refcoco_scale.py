@@ -717,7 +717,7 @@ def measure_train(root: Path, config: str, overrides: list[str], steps: int, wor
         times.append(time.perf_counter() - t0)
     ckpt = work / "checkpoint"
     t0 = time.perf_counter()
-    trainer.unwrapped.save_pretrained(ckpt, run_config=cfg, tokenizer=tok)
+    trainer.unwrapped.save_pretrained(ckpt, run_config=cfg, processor=trainer.processor)
     save_s = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
     t0 = time.perf_counter()
@@ -778,14 +778,12 @@ def two_process_eval(root: Path, work: Path, overrides: list[str], batch_size: i
 
     from refseg.config import load_config
     from refseg.models import build_model
-    from refseg.models.text import load_tokenizer
 
     cfg = load_config(None, [*EVAL_MODEL, *overrides, f"data.name={DATASET}", f"data.root={root}",
                              f"data.split_by={SPLIT_BY}", "data.num_workers=0"])
     torch.manual_seed(0)
     ckpt = work / "checkpoint"
-    build_model(cfg.model, load_pretrained=False).save_pretrained(ckpt, run_config=cfg,
-                                                                  tokenizer=load_tokenizer(cfg.model.text.name))
+    build_model(cfg.model, load_pretrained=False).save_pretrained(ckpt, run_config=cfg)
     common = ["evaluate.py", "--checkpoint", str(ckpt), "--split", "val", "--no-progress",
               "--batch-size", str(batch_size)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -35,13 +35,10 @@ def train_flops_per_image(trainer, batch: dict) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from refseg.data.dataset import model_inputs
-
-    x = model_inputs(batch, trainer.accelerator.device)
+    x = trainer.processor.to_device(batch, trainer.accelerator.device)
     counter = FlopCounterMode(display=False)
     with counter, sdpa_kernel(SDPBackend.MATH):
-        out = trainer.model(x["pixel_values"], x["input_ids"], x["attention_mask"])
-        trainer.criterion(out, x["labels"]).backward()
+        trainer.model(**x).loss.backward()
     trainer.model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch["pixel_values"].shape[0]
 

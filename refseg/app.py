@@ -124,8 +124,7 @@ class Segmenter:
 
     def _truncated(self, expressions: Sequence[str]) -> list[bool]:
         """Whether each expression has more tokens than the model reads (``model.text.max_tokens``)."""
-        tok = self.predictor.tokenizer
-        return [len(tok(e)["input_ids"]) > self.predictor.max_tokens for e in expressions]
+        return self.predictor.processor.truncated(expressions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,14 +132,13 @@ class Segmenter:
 # ---------------------------------------------------------------------------------------------
 
 
-def dataset_examples(checkpoint: str | os.PathLike, limit: int = 8) -> list[tuple[str, str]]:
-    """(image path, expression) pairs from the val split of the dataset ``checkpoint`` was trained on
-    (its run config's ``data``), one per image; [] when that dataset is not on this machine."""
-    from .config import load_run_config
+def dataset_examples(run_config, limit: int = 8) -> list[tuple[str, str]]:
+    """(image path, expression) pairs from the val split of the dataset a checkpoint was trained on
+    (its ``run_config.data``), one per image; [] when that dataset is not on this machine."""
     from .data.sources import open_source
 
     try:
-        data = load_run_config(checkpoint).data
+        data = run_config.data
         samples = open_source(data).samples(data.val_split)
     except (UserError, OSError, ValueError):
         return []

@@ -7,7 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from .errors import SaveError, UserError
-from .utils import offline_environment
+from .utils import quiet_environment
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def quiet_libraries() -> None:
     """Silence library chatter (weight-load reports, hub warnings) that would bury our output."""
-    offline_environment()
+    quiet_environment()
     try:
         import transformers
 

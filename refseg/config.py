@@ -4,8 +4,8 @@ Two levels, as in Hugging Face's ``configuration_*`` files:
 
 - ``ModelConfig`` (``model.*``): the architecture and its preprocessing (input size, tokens) —
   everything a checkpoint needs to rebuild the model. It alone decides which modules exist.
-- ``RunConfig`` (the whole file): ``model`` plus how to train and score it — ``data``, ``loss``,
-  ``train``, ``eval``.
+- ``RunConfig`` (the whole file): ``model`` plus how to train and score it — ``data``, ``train``,
+  ``eval``. The losses are part of the model (``model.loss``): the model computes them when given labels.
 
 Every field has a type (choices as ``Literal``), a default and a help string; this schema is the one
 source of truth for keys (``train.py --help-config`` prints it, ``configs/default.yaml`` must equal
@@ -34,7 +34,7 @@ import yaml
 from .errors import ConfigError
 from .utils import atomic_write_text
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None):
@@ -190,12 +190,28 @@ class DecoderConfig:
     align_corners: bool = option(
         False, "bilinear upsampling with align_corners (LAVT: true). false keeps pixel centres aligned: "
         "LAVT's true stretches a stride-4 map by up to 1.5 px at 128 px")
-    deep_supervision: bool = option(
-        True, "1x1 mask heads on the decoder's stride-16 and stride-8 maps, trained with "
-        "loss.deep_supervision_weight (inference ignores them; LAVT has none)")
 
     def __post_init__(self):
         _check_positive(self, "hidden_dim")
+
+
+@dataclass
+class LossConfig:
+    """The training losses: part of the model, which computes them when ``forward`` gets ``labels``."""
+
+    class_weights: list[float] = option(help="cross-entropy weights [background, object] (LAVT: [0.9, 1.1])",
+                                        factory=lambda: [0.9, 1.1])
+    dice_weight: float = option(1.0, "weight of the Dice term (LAVT: 0)")
+    deep_supervision_weight: float = option(
+        0.4, "weight of the mask loss on each of two deep-supervision heads (1x1 convolutions on the decoder's "
+        "stride-16 and stride-8 maps, built only when this is above 0; LAVT: 0, no heads)")
+
+    def __post_init__(self):
+        if len(self.class_weights) != 2:
+            raise ConfigError("class_weights: expected two numbers (background, object)")
+        for name in ("dice_weight", "deep_supervision_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -213,6 +229,7 @@ class ModelConfig:
     text: TextConfig = section(TextConfig, "text encoder")
     fusion: FusionConfig = section(FusionConfig, "PWAM and language gates")
     decoder: DecoderConfig = section(DecoderConfig, "mask decoder")
+    loss: LossConfig = section(LossConfig, "training losses (computed by the model when given labels)")
 
     def __post_init__(self):
         if self.image_size < 32:
@@ -226,7 +243,7 @@ class ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run config: data, loss, training, evaluation
+# Run config: data, training, evaluation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -259,23 +276,6 @@ class DataConfig:
     def __post_init__(self):
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
-
-
-@dataclass
-class LossConfig:
-    class_weights: list[float] = option(help="cross-entropy weights [background, object] (LAVT: [0.9, 1.1])",
-                                        factory=lambda: [0.9, 1.1])
-    dice_weight: float = option(1.0, "weight of the Dice term (LAVT: 0)")
-    deep_supervision_weight: float = option(
-        0.4, "weight of the mask loss on each deep-supervision head, when model.decoder.deep_supervision "
-        "builds them")
-
-    def __post_init__(self):
-        if len(self.class_weights) != 2:
-            raise ConfigError("class_weights: expected two numbers (background, object)")
-        for name in ("dice_weight", "deep_supervision_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -346,20 +346,13 @@ class RunConfig:
 
     model: ModelConfig = section(ModelConfig, "the model (saved in every checkpoint)")
     data: DataConfig = section(DataConfig, "dataset and loading")
-    loss: LossConfig = section(LossConfig, "training loss")
     train: TrainConfig = section(TrainConfig, "optimisation and schedule")
     eval: EvalConfig = section(EvalConfig, "evaluation")
 
-    def __post_init__(self):
-        if self.model.decoder.deep_supervision and self.loss.deep_supervision_weight == 0:
-            raise ConfigError("model.decoder.deep_supervision=true needs loss.deep_supervision_weight > 0 "
-                              "(heads that no loss reaches would never train); set one of them")
-
     @classmethod
     def for_model(cls, model: ModelConfig) -> "RunConfig":
-        """Default run sections around ``model`` (a deep-supervision weight only if it has the heads)."""
-        loss = LossConfig() if model.decoder.deep_supervision else LossConfig(deep_supervision_weight=0.0)
-        return cls(model=model, loss=loss)
+        """Default run sections (data, train, eval) around ``model``."""
+        return cls(model=model)
 
     def to_dict(self) -> dict:
         return {"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}
@@ -601,7 +594,9 @@ def _sections(cls=RunConfig, prefix: str = "") -> set[str]:
 
 
 # Keys that moved: accepted under their old names in files and overrides.
-RENAMED_KEYS = {"data.image_size": "model.image_size"}
+RENAMED_KEYS = {"data.image_size": "model.image_size", "loss.class_weights": "model.loss.class_weights",
+                "loss.dice_weight": "model.loss.dice_weight",
+                "loss.deep_supervision_weight": "model.loss.deep_supervision_weight"}
 
 
 def _parse_scalar(text: str) -> Any:
@@ -651,6 +646,8 @@ def _rename_keys(data: dict) -> dict:
         found, value = _pop(data, old)
         if found:
             _set(data, new, value, old)
+    if data.get("loss") == {}:  # the section moved whole (loss.* -> model.loss.*)
+        del data["loss"]
     return data
 
 
@@ -700,7 +697,23 @@ def _migrate_1_to_2(data: dict) -> dict:
     return _rename_keys(data)
 
 
-MIGRATIONS = {1: _migrate_1_to_2}  # version -> function bringing a dict to version + 1
+def _migrate_2_to_3(data: dict) -> dict:
+    """The losses became part of the model config (the model computes them when given labels).
+
+    ``loss.*`` moved to ``model.loss.*``; ``model.decoder.deep_supervision`` was dropped: the heads
+    exist exactly when ``model.loss.deep_supervision_weight`` is above 0 (a run saved with heads off
+    had weight 0 or was refused, so the weight alone rebuilds the same model).
+    """
+    model = data.setdefault("model", {})
+    loss = data.pop("loss", None) or {}
+    heads = model.setdefault("decoder", {}).pop("deep_supervision", None)
+    if heads is False:
+        loss["deep_supervision_weight"] = 0.0
+    model["loss"] = {**loss, **(model.get("loss") or {})}
+    return data
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}  # version -> function bringing a dict to version + 1
 
 
 def migrate(data: dict, version: int) -> dict:

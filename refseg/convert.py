@@ -10,7 +10,8 @@ Reads the files LAVT's ``train.py`` (yz93/LAVT-RIS) saves, in both layouts: ``la
 and the BERT it was trained with are read from the weights (and ``args``); every tensor is mapped
 (1x1 ``Conv1d`` -> ``Linear``), LAVT's unused last-stage gate and the relative-position index buffers
 are dropped and reported, and the result is written as ``config.yaml`` (LAVT's model and recipe:
-configs/lavt_refcoco.yaml), ``model.safetensors``, ``text/`` and ``tokenizer/`` - what ``demo.py``,
+configs/lavt_refcoco.yaml), ``model.safetensors``, ``text/``, the processor (``processor_config.json`` + tokenizer files) and a
+model card (``README.md``) - what ``demo.py``,
 ``evaluate.py``, ``Predictor.from_pretrained`` and ``train.py --init-from`` read.
 
 ``--text-model`` names the BERT whose config and tokenizer go with the weights (``bert-base-uncased``,
@@ -215,7 +216,8 @@ def lavt_model_config(ckpt: LavtCheckpoint, text_model: str, text_layers: int) -
                             dropout=float(getattr(ckpt.args, "fusion_drop", 0.0) or 0.0)),
         decoder=DecoderConfig(hidden_dim=int(ckpt.model["classifier.conv1_1.weight"].shape[1]) if
                               "classifier.conv1_1.weight" in ckpt.model else 4 * s["embed_dim"],
-                              align_corners=True, deep_supervision=False))
+                              align_corners=True),
+        loss=LossConfig(class_weights=[0.9, 1.1], dice_weight=0.0, deep_supervision_weight=0.0))
 
 
 def lavt_run_config(model: ModelConfig, args: Optional[argparse.Namespace] = None) -> RunConfig:
@@ -230,7 +232,6 @@ def lavt_run_config(model: ModelConfig, args: Optional[argparse.Namespace] = Non
         model=model,
         data=DataConfig(name=str(arg("dataset", "refcoco")), root="data", split_by=str(arg("splitBy", "unc")),
                         train_split="train", val_split="val", num_workers=8, max_val_samples=None, augment=False),
-        loss=LossConfig(class_weights=[0.9, 1.1], dice_weight=0.0, deep_supervision_weight=0.0),
         train=TrainConfig(max_epochs=int(arg("epochs", 40)), batch_size=int(arg("batch_size", 8)),
                           gradient_accumulation_steps=1, lr=float(arg("lr", 5e-5)), text_lr=None,
                           weight_decay=float(arg("weight_decay", 1e-2)), weight_decay_rule="lavt",
@@ -333,7 +334,13 @@ def convert_lavt(path: str | Path, text_model: str, out: str | Path, progress: b
         bar.update()
         bar.set_description("write")
         run_config = lavt_run_config(config, ckpt.args)
-        model.save_pretrained(out, run_config=run_config, tokenizer=tokenizer)
+        from .modelcard import model_card
+        from .processing import RefSegProcessor
+
+        card = model_card(run_config, source=f"Converted from LAVT's checkpoint `{Path(path).name}` "
+                                             f"(yz93/LAVT-RIS) by `python -m refseg.convert lavt`.")
+        model.save_pretrained(out, run_config=run_config, processor=RefSegProcessor.from_config(config, tokenizer),
+                              model_card=card)
         bar.update()
     v = config.vision
     swin = v.name if v.embed_dim is None else f"Swin (embed {v.embed_dim}, depths {v.swin_depths})"

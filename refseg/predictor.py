@@ -1,12 +1,12 @@
 """Predictor: one RGB image + an expression -> a boolean mask at the image's own size.
 
-    pred = Predictor.from_pretrained("runs/x/best")
+    pred = Predictor.from_pretrained("runs/x/best")          # or a Hub id: "org/name[@revision]"
     mask = pred.predict(image_rgb_uint8, "the man on the left")     # (H, W) bool
     prob = pred.predict_proba(image_rgb_uint8, "the man on the left")  # (H, W) float32 in [0, 1]
 
-Preprocessing is the training one (``image_to_uint8`` square resize to the model's
-``config.image_size``, ``normalize_pixels`` on the model's device, ``encode_text`` to ``config.text.max_tokens``); logits are upsampled
-bilinearly to (H, W).
+Everything between the image and the model is the checkpoint's ``RefSegProcessor`` (the training
+preprocessing, normalisation on the model's device, and one resize from the model's stride-4 logits
+to the image's size).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .data.transforms import encode_text, image_to_uint8, normalize_pixels
-from .ops import autocast, object_margin, resize
+from .ops import autocast
 
 
 def _default_device() -> torch.device:
@@ -24,29 +23,47 @@ def _default_device() -> torch.device:
 
 
 class Predictor:
-    """Wraps a RefSegModel and its tokenizer for single-image inference.
+    """Wraps a RefSegModel and its processor for single-image inference.
 
     Args:
         model: a ``RefSegModel`` (put in eval mode and moved to ``device``).
-        tokenizer: the matching tokenizer.
+        processor: its ``RefSegProcessor`` (a tokenizer is accepted too: the processor of the model's
+            config is built around it).
         device: "cpu", "cuda", a torch.device or None (CUDA when available).
+        run_config: the checkpoint's RunConfig, when known (``from_pretrained`` sets it).
     """
 
-    def __init__(self, model, tokenizer, device: Optional[Union[str, torch.device]] = None):
+    def __init__(self, model, processor, device: Optional[Union[str, torch.device]] = None, run_config=None):
+        from .processing import RefSegProcessor
+
         self.device = torch.device(device) if device is not None else _default_device()
         self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer
+        if not isinstance(processor, RefSegProcessor):
+            processor = RefSegProcessor.from_config(model.config, processor)
+        if processor.pad_multiple is None:
+            processor.pad_multiple = model.pad_multiple
+        self.processor = processor
         self.config = model.config  # the ModelConfig
-        self.image_size = self.config.image_size
-        self.max_tokens = self.config.text.max_tokens
+        self.run_config = run_config
+        self.checkpoint_path = None
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        return self.processor.max_tokens
 
     @classmethod
     def from_pretrained(cls, path, device: Optional[Union[str, torch.device]] = None) -> "Predictor":
-        """A checkpoint directory (``save_pretrained``) -> Predictor."""
+        """A checkpoint directory (``save_pretrained``) or Hub id ``org/name[@revision]`` -> Predictor."""
         from .models import load_checkpoint
 
-        model, tokenizer = load_checkpoint(path)
-        return cls(model, tokenizer, device=device)
+        ckpt = load_checkpoint(path)
+        pred = cls(ckpt.model, ckpt.processor, device=device, run_config=ckpt.run_config)
+        pred.checkpoint_path = ckpt.path
+        return pred
 
     @staticmethod
     def _check_image(image) -> np.ndarray:
@@ -62,47 +79,48 @@ class Predictor:
             raise ValueError(f"image: expected dtype uint8, got {image.dtype}")
         return image
 
-    def _inputs(self, image: np.ndarray, text: Union[str, Sequence[str]]):
-        """The model's inputs for K expressions: pixels (K, 3, S, S), input_ids and attention_mask (K, T)."""
-        image = self._check_image(image)
+    def _inputs(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for K expressions on the device (pixels (K, 3, S, S) float32)."""
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise ValueError("text: expected a non-empty expression")
         # uint8 to the device, normalised there (as the loader's batches): a quarter of the bytes to copy
-        pixels = normalize_pixels(image_to_uint8(image, self.image_size, self.config.image_resize)
-                                  .unsqueeze(0).to(self.device))
-        ids, mask = encode_text(self.tokenizer, texts, self.max_tokens, self.config.text.truncation)
-        return pixels.expand(len(texts), -1, -1, -1), ids.to(self.device), mask.to(self.device)
+        return self.processor.to_device(self.processor(images=image, text=texts), self.device)
 
-    def _model_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
-        """(K, 2, S, S) float32 logits at the model's input size S, on the model's device."""
+    def _forward(self, image: np.ndarray, text: Union[str, Sequence[str]], output_attentions: bool = False):
+        """(model inputs, RefSegOutput) for K expressions of one image."""
         inputs = self._inputs(image, text)
         with torch.inference_mode(), autocast(self.device):
-            return self.model(*inputs).logits.float()
-
-    def explain(self, image: np.ndarray, text: str):
-        """One forward pass that also keeps the PWAMs' word attentions and the gates' magnitudes:
-        a ``refseg.explain.Explanation`` (per-word maps per stage, and that forward's mask)."""
-        from .explain import from_model_output
-
-        pixels, ids, mask = self._inputs(image, text)
-        with torch.inference_mode(), autocast(self.device):
-            out = self.model(pixels, ids, mask, output_attentions=True)
-            pred = (object_margin(out.logits.float(), image.shape[:2])[0] > 0).cpu().numpy()
-        return from_model_output(out, ids, mask, self.tokenizer, text, pixels.shape[-2:], self.model.pad_multiple,
-                                 pred)
-
-    def predict_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
-        """Logits at the image size: (2, H, W) for one expression, (K, 2, H, W) for K expressions. float32, CPU."""
-        with torch.inference_mode():
-            logits = resize(self._model_logits(image, text), image.shape[:2]).cpu()
-        return logits[0] if isinstance(text, str) else logits
+            return inputs, self.model(**inputs, output_attentions=output_attentions)
 
     def _margin(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
-        """Object-minus-background logit at the image size, (H, W) or (K, H, W), CPU."""
+        """Object-minus-background logit at the image size, (H, W) or (K, H, W), float32 on the CPU."""
+        image = self._check_image(image)
+        _, out = self._forward(image, text)
         with torch.inference_mode():
-            margin = object_margin(self._model_logits(image, text), image.shape[:2]).cpu()
+            margin = self.processor.post_process_logits(out.logits, image.shape[:2]).cpu()
         return margin[0] if isinstance(text, str) else margin
+
+    def explain(self, image: np.ndarray, text: str):
+        """The mask and, from the same forward pass, the PWAMs' word attentions and the gates'
+        magnitudes: a ``refseg.explain.Explanation`` (per-word maps per stage, and that forward's mask)."""
+        from .explain import from_model_output
+
+        image = self._check_image(image)
+        inputs, out = self._forward(image, text, output_attentions=True)
+        with torch.inference_mode():
+            mask = self.processor.post_process_masks(out.logits, image.shape[:2])[0].cpu().numpy()
+        return from_model_output(out, inputs["input_ids"], inputs["attention_mask"], self.tokenizer, text,
+                                 inputs["pixel_values"].shape[-2:], self.model.pad_multiple, mask)
+
+    def predict_logits(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
+        """Logits at the image size: (2, H, W) for one expression, (K, 2, H, W) for K expressions.
+        float32, CPU; one resize from the model's stride-4 logits (both classes)."""
+        image = self._check_image(image)
+        inputs, out = self._forward(image, text)
+        with torch.inference_mode():
+            logits = self.processor.resample(out.logits.float(), image.shape[:2], inputs["pixel_values"].shape[-2:]).cpu()
+        return logits[0] if isinstance(text, str) else logits
 
     def predict_proba(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> np.ndarray:
         """Object probability (softmax over the 2 classes = sigmoid of the margin), float32 (H, W) or (K, H, W)."""

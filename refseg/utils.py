@@ -217,43 +217,21 @@ def cpu_bf16_flags() -> list[str]:
     return [f for f in CPU_BF16_FLAGS if f in flags]
 
 
-OFFLINE_ENVIRONMENT = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-}
+QUIET_ENVIRONMENT = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                       **QUIET_ENVIRONMENT}
 
 
-def offline_environment() -> None:
-    """Hugging Face libraries offline and quiet, unless the environment already says otherwise.
-
-    Weights and datasets load from local paths (a Hub download would hang or fail without a network).
-    """
-    for key, value in OFFLINE_ENVIRONMENT.items():
+def quiet_environment() -> None:
+    """Hugging Face libraries quiet, unless the environment already says otherwise. The commands stay
+    online-capable: a Hub id (``--checkpoint org/name``) downloads where a network exists and is served
+    from the local cache where none does (or with HF_HUB_OFFLINE=1)."""
+    for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
 
 
-def newest_checkpoint(runs_dir: str | os.PathLike = "runs") -> Path | None:
-    """The most recently written ``<runs_dir>/*/best`` checkpoint directory, or None."""
-    found = [p for p in Path(runs_dir).glob("*/best") if (p / "model.safetensors").is_file()]
-    return max(found, key=lambda p: (p / "model.safetensors").stat().st_mtime) if found else None
-
-
-def resolve_checkpoint(path: str | os.PathLike | None, runs_dir: str | os.PathLike = "runs") -> Path:
-    """``path`` if given, else the newest ``runs/*/best``; UserError (one line) when there is none.
-
-    Checked here: that it exists (before a command spends seconds importing torch); whether it is
-    a complete, loadable checkpoint is checked when it is loaded.
-    """
-    from .errors import CheckpointError, UserError
-
-    if path:
-        p = Path(path).expanduser()
-        if not p.is_dir():
-            what = "not a checkpoint directory" if p.exists() else "checkpoint directory not found"
-            raise CheckpointError(f"{what}: {p}")
-        return p
-    found = newest_checkpoint(runs_dir)
-    if found is None:
-        raise UserError(f"no checkpoint found under {Path(runs_dir) / '*' / 'best'}: train one with "
-                        "`accelerate launch train.py` or pass --checkpoint DIR")
-    return found
+def offline_environment() -> None:
+    """Hugging Face libraries offline and quiet, unless the environment already says otherwise (the
+    tests and benchmarks: everything they load is local, so nothing may wait on a network)."""
+    for key, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)

@@ -45,10 +45,11 @@ def checkpoint(tmp_path_factory):
     from refseg.config import load_config
     from refseg.models import build_model
     from refseg.predictor import Predictor
+    from refseg.processing import RefSegProcessor
 
     torch.manual_seed(0)
     model = build_model(load_config(overrides=list(TINY_OVERRIDES)))
-    pred = Predictor(model, model.tokenizer, device="cpu")
+    pred = Predictor(model, RefSegProcessor.from_config(model.config), device="cpu")
     margin = pred.predict_logits(_scene(), "the red disc")
     with torch.no_grad():
         model.decoder.classifier.bias[1] -= float((margin[1] - margin[0]).median())

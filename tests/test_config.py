@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_OVERRIDES
 from refseg.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,11 +148,19 @@ def test_renamed_key_is_accepted():
     assert load_config(overrides=["data.image_size=64"]).model.image_size == 64
 
 
-def test_deep_supervision_heads_need_a_weight():
-    """The model config alone decides which heads exist; heads that no loss term reaches are refused."""
-    with pytest.raises(ConfigError, match="model.decoder.deep_supervision=true needs loss.deep_supervision_weight"):
-        load_config(overrides=["loss.deep_supervision_weight=0"])
-    assert not load_config(overrides=["model.decoder.deep_supervision=false"]).model.decoder.deep_supervision
+def test_losses_belong_to_the_model_config():
+    """The losses are part of the model config (the model computes them): the deep-supervision heads
+    exist exactly when their weight is above 0, so no heads without a loss can be configured; the old
+    ``loss.*`` keys are accepted as overrides and in files you write."""
+    from refseg.models import build_model
+
+    cfg = load_config(overrides=["loss.deep_supervision_weight=0", "loss.dice_weight=0.5"])
+    assert cfg.model.loss.deep_supervision_weight == 0 and cfg.model.loss.dice_weight == 0.5
+    assert not hasattr(cfg, "loss")
+    assert build_model(load_config(overrides=list(TINY_OVERRIDES) + ["model.loss.deep_supervision_weight=0"]),
+                       load_pretrained=False).deep_heads is None
+    with pytest.raises(ConfigError, match="unknown config key 'model.decoder.deep_supervision'"):
+        load_config(overrides=["model.decoder.deep_supervision=false"])
 
 
 def test_old_saved_configs_are_migrated(tmp_path):
@@ -171,14 +180,14 @@ def test_old_saved_configs_are_migrated(tmp_path):
     path.write_text(yaml.safe_dump(old))
     cfg = load_run_config(tmp_path)
     assert cfg.model.image_size == 96 and cfg.model.decoder.align_corners is True
-    assert cfg.model.decoder.deep_supervision is False and cfg.loss.deep_supervision_weight == 0.0
+    assert cfg.model.loss.deep_supervision_weight == 0.0
     assert (cfg.model.vision.embed_dim, cfg.model.vision.depth) == (96, 6)
     assert load_run_config(tmp_path, ["train.lr=1e-4"]).train.lr == pytest.approx(1e-4)
     old["loss"]["deep_supervision_weight"] = 0.4
     old["model"]["decoder"]["align_corners"] = False
     path.write_text(yaml.safe_dump(old))
     cfg = load_run_config(path)
-    assert cfg.model.decoder.deep_supervision is True and cfg.model.decoder.align_corners is False
+    assert cfg.model.loss.deep_supervision_weight == 0.4 and cfg.model.decoder.align_corners is False
     # a switched-on option that no longer exists cannot be rebuilt: one clear error
     old["model"]["decoder"]["refine_channels"] = 8
     path.write_text(yaml.safe_dump(old))

@@ -252,7 +252,10 @@ def test_converted_logits_follow_lavts_equations_from_the_raw_tensors(converted,
 
 def test_converted_config_report_and_checkpoint_files(converted):
     out, report = converted
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "text", "tokenizer"]
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "model.safetensors", "text", "processor_config.json", "README.md"} <= names
+    card = (out / "README.md").read_text()
+    assert "library_name: refseg" in card and "Converted from LAVT's checkpoint" in card
     assert "dropped 2 tensors: the last stage's language gate" in report
     assert "backbone.layers.3.res_gate.0.weight" in report and "relative-position index" in report
     cfg = load_config(out / "config.yaml")

@@ -43,27 +43,26 @@ def _batch(cfg, B: int, device: str = "cuda") -> dict:
             "labels": (torch.rand(B, S, S, generator=g) > 0.8).to(torch.uint8).pin_memory()}
 
 
-def _step(model, loss_fn, batch, device="cuda"):
-    from refseg.data.dataset import model_inputs
+def _step(model, batch, device="cuda"):
+    from refseg.processing import RefSegProcessor
 
-    x = model_inputs(batch, device)
+    config = getattr(model, "module", model).config
+    x = RefSegProcessor.from_config(config).to_device(batch, device)  # the processor's device side
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = model(x["pixel_values"], x["input_ids"], x["attention_mask"])
-        loss = loss_fn(out, x["labels"])
-    loss.backward()
-    return out, loss
+        out = model(**x)
+    out.loss.backward()
+    return out, out.loss
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_bf16_forward_backward(name):
-    from refseg.engine.losses import SegmentationLoss
     from refseg.models import build_model
 
     cfg = _config(name)
     torch.manual_seed(0)
     model = build_model(cfg.model, load_pretrained=False).cuda().train()
-    out, loss = _step(model, SegmentationLoss(cfg.loss).cuda(), _batch(cfg, 2))
-    S = cfg.model.image_size
+    out, loss = _step(model, _batch(cfg, 2))
+    S = -(-cfg.model.image_size // model.pad_multiple) * model.pad_multiple // 4
     assert out.logits.shape == (2, 2, S, S) and torch.isfinite(out.logits.float()).all()
     assert torch.isfinite(loss) and loss.item() > 0
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -87,7 +86,6 @@ def test_ddp_one_process_nccl():
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from refseg.engine.losses import SegmentationLoss
     from refseg.models import build_model
 
     with socket.socket() as s:
@@ -98,7 +96,7 @@ def test_ddp_one_process_nccl():
         cfg = _config("default")
         torch.manual_seed(0)
         model = DistributedDataParallel(build_model(cfg.model, load_pretrained=False).cuda().train(), device_ids=[0])
-        _, loss = _step(model, SegmentationLoss(cfg.loss).cuda(), _batch(cfg, 2))
+        _, loss = _step(model, _batch(cfg, 2))
         torch.cuda.synchronize()
         assert torch.isfinite(loss)
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -111,7 +109,7 @@ def test_pinned_uint8_loader(tmp_path):
     from test_refer import make_refer_dataset
     from torch.utils.data import DataLoader
 
-    from refseg.data.dataset import RefSegDataset, collate, model_inputs, worker_init
+    from refseg.data.dataset import RefSegDataset, collate, worker_init
     from refseg.data.sources.refer import ReferSource
     from refseg.models.text import load_tokenizer
 
@@ -124,7 +122,7 @@ def test_pinned_uint8_loader(tmp_path):
     for _epoch in range(2):
         for batch in loader:
             assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].is_pinned()
-            x = model_inputs(batch, "cuda")
+            x = ds.processor.to_device(batch, "cuda")
             assert x["pixel_values"].is_cuda and x["labels"].dtype == torch.long
             want = collate([ref[i] for i in batch["index"].tolist()])
             assert torch.equal(x["pixel_values"].cpu(), want["pixel_values"])

@@ -43,6 +43,7 @@ class AllForeground(nn.Module):
 
     def forward(self, pixel_values, input_ids, attention_mask):
         B, _, h, w = pixel_values.shape
+        h, w = h // 4, w // 4  # the model contract: logits at stride 4
         out = torch.zeros(B, 2, h, w)
         out[:, 1] = 1.0
         return RefSegOutput(logits=out + self.p)
@@ -53,6 +54,7 @@ class LeftHalf(AllForeground):
 
     def forward(self, pixel_values, input_ids, attention_mask):
         B, _, h, w = pixel_values.shape
+        h, w = h // 4, w // 4  # the model contract: logits at stride 4
         out = torch.zeros(B, 2, h, w)
         out[:, 1, :, : w // 2] = 1.0
         out[:, 1, :, w // 2:] = -1.0
@@ -68,6 +70,7 @@ class ReadsText(AllForeground):
 
     def forward(self, pixel_values, input_ids, attention_mask):
         B, _, h, w = pixel_values.shape
+        h, w = h // 4, w // 4  # the model contract: logits at stride 4
         is_left = (input_ids == self.left).any(1).float().view(B, 1, 1) * 2 - 1  # +1 left, -1 right
         out = torch.zeros(B, 2, h, w)
         out[:, 1, :, : w // 2] = is_left
@@ -258,9 +261,21 @@ def _checkpoint(path: Path, data_root: Path, name="lr") -> Path:
     return path
 
 
+def _fake_checkpoint(path: Path, model, tokenizer):
+    """What evaluate.py's ``_load_model`` returns, around a fixed-logit model (the processor of the
+    checkpoint's config, as a real checkpoint carries)."""
+    from types import SimpleNamespace
+
+    from refseg.config import load_run_config
+    from refseg.processing import RefSegProcessor
+
+    cfg = load_run_config(Path(path) / "config.yaml")
+    return SimpleNamespace(model=model, processor=RefSegProcessor.from_config(cfg.model, tokenizer), run_config=cfg)
+
+
 def test_cli_bad_input_exit_codes(tmp_path):
     r = _cli("--checkpoint", tmp_path / "missing", "--split", "val")
-    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+    assert r.returncode == 2 and "checkpoint directory not found" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
     ckpt = _checkpoint(tmp_path / "ckpt", tmp_path / "data")
@@ -296,7 +311,7 @@ def test_cli_runs_and_writes_json(tmp_path, tokenizer, monkeypatch, capsys, fres
     lr_dataset(tmp_path / "data")
     ckpt = _checkpoint(tmp_path / "ckpt", tmp_path / "data")
     cli = _load_cli()
-    monkeypatch.setattr(cli, "_load_model", lambda path: (ReadsText(tokenizer), tokenizer))
+    monkeypatch.setattr(cli, "_load_model", lambda path: _fake_checkpoint(path, ReadsText(tokenizer), tokenizer))
 
     out = tmp_path / "m.json"
     assert cli.main(["--checkpoint", str(ckpt), "--split", "val", "--out", str(out), "--no-progress"]) == 0

@@ -13,6 +13,7 @@ from refseg.data.transforms import encode_text
 from refseg.models import build_model
 from refseg.models.pwam import PWAM
 from refseg.predictor import Predictor
+from refseg.processing import RefSegProcessor
 
 TEXTS = ["the big red circle on the left of the blue square", "a square"]  # different lengths: padding differs
 
@@ -26,7 +27,7 @@ def model(request):
 
 @pytest.mark.parametrize("hw", [(64, 64), (61, 97)])  # 61x97 is padded by the model: grids cover the padding
 def test_attention_sums_to_one_over_words_and_padding_gets_zero(model, hw):
-    ids, mask = encode_text(model.tokenizer, TEXTS, 20)
+    ids, mask = encode_text(RefSegProcessor.from_config(model.config).tokenizer, TEXTS, 20)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
         plain = model(x, ids, mask)
@@ -68,11 +69,11 @@ def _image(h=90, w=130):
 
 
 def test_explanation_maps_at_image_size(model, tmp_path):
-    pred = Predictor(model, model.tokenizer, device="cpu")
+    pred = Predictor(model, RefSegProcessor.from_config(model.config), device="cpu")
     image = _image()
     exp = pred.explain(image, TEXTS[0])
-    ids, mask = encode_text(model.tokenizer, TEXTS[0], pred.max_tokens)
-    assert exp.tokens == model.tokenizer.convert_ids_to_tokens(ids[0, : int(mask.sum())].tolist())
+    ids, mask = encode_text(pred.tokenizer, TEXTS[0], pred.max_tokens)
+    assert exp.tokens == pred.tokenizer.convert_ids_to_tokens(ids[0, : int(mask.sum())].tolist())
     assert exp.tokens[0] == "[CLS]" and exp.tokens[-1] == "[SEP]" and "circle" in exp.tokens
     assert exp.num_stages == 4 and len(exp.gate_means) == 3
     assert np.array_equal(exp.mask, pred.predict(image, TEXTS[0]))

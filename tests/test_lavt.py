@@ -16,6 +16,8 @@ from refseg.engine.schedule import parameter_groups
 from refseg.errors import ConfigError
 from refseg.models import build_model
 from refseg.models.swin import SwinEncoder
+from refseg.models.text import load_tokenizer
+from refseg.processing import RefSegProcessor
 
 SWIN_TINY = ["model.vision.arch=swin", "model.vision.name=swin_tiny", "model.vision.embed_dim=16",
              "model.vision.swin_depths=[1,1,2,1]", "model.vision.swin_heads=[1,2,4,8]",
@@ -49,7 +51,7 @@ def test_swin_model_forward_at_any_size_as_lavt_upsamples():
     torch.manual_seed(0)
     model = build_model(swin_cfg("model.decoder.align_corners=true", "model.fusion.spatial_cues=false")).eval()
     assert isinstance(model.encoder, SwinEncoder) and model.pad_multiple == 1 and len(model.gates) == 3
-    tok = model.tokenizer
+    tok = load_tokenizer(model.config.text.name)
     ids, mask = encode_text(tok, ["the left one", "a square"], 20)
     x = torch.randn(2, 3, 61, 97)
     with torch.no_grad():
@@ -57,7 +59,10 @@ def test_swin_model_forward_at_any_size_as_lavt_upsamples():
         assert [tuple(f.shape[-2:]) for f in feats] == [(16, 25), (8, 13), (4, 7), (2, 4)]
         logits = model(x, ids, mask).logits
         ref = F.interpolate(model.decoder(feats).logits, size=(61, 97), mode="bilinear", align_corners=True)
-    torch.testing.assert_close(logits, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.upsample_logits(logits, (61, 97)), ref, atol=1e-6, rtol=0)
+    # the processor's one resize to the input size is LAVT's upsampling too (no padding to crop)
+    proc = RefSegProcessor.from_config(model.config, tok, pad_multiple=model.pad_multiple)
+    torch.testing.assert_close(proc.resample(logits, (61, 97), (61, 97)), ref, atol=1e-5, rtol=0)
 
 
 def test_pil_resizing_is_lavts_torchvision_pipeline():

@@ -170,15 +170,21 @@ def test_worker_collate_in_shared_memory_and_bytes(toy, tokenizer):
     assert nbytes(old[0]) >= 4 * nbytes(new[0])
 
 
-def test_model_inputs_normalise_on_the_device_and_pass_floats_through(toy, tokenizer):
-    from refseg.data.dataset import RefSegDataset, collate, model_inputs
+def test_processor_to_device_normalises_the_uint8_batch(toy, tokenizer):
+    """The processor's device side: uint8 planes -> ImageNet-normalised float32 (the numpy float32
+    formula, bit for bit), ids and masks as they are, labels as long."""
+    from refseg.data.dataset import RefSegDataset, collate
+    from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    new = RefSegDataset(toy, "val", tokenizer, 32, 12)
-    old = RefSegDataset(toy, "val", tokenizer, 32, 12, uint8=False)
-    a, b = model_inputs(collate([new[0], new[1]]), "cpu"), model_inputs(collate([old[0], old[1]]), "cpu")
-    for key in ("pixel_values", "input_ids", "attention_mask", "labels"):
-        assert torch.equal(a[key], b[key]), key
-    assert a["pixel_values"].dtype == torch.float32 and a["labels"].dtype == torch.long
+    ds = RefSegDataset(toy, "val", tokenizer, 32, 12)
+    batch = collate([ds[0], ds[1]])
+    a = ds.processor.to_device(batch, "cpu")
+    want = (batch["pixel_values"].numpy().astype(np.float32) / np.float32(255.0)
+            - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+    assert a["pixel_values"].dtype == torch.float32 and np.array_equal(a["pixel_values"].numpy(), want)
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(a[key], batch[key]), key
+    assert a["labels"].dtype == torch.long and torch.equal(a["labels"], batch["labels"].long())
 
 
 def test_epoch_keys_draw_like_set_epoch(toy, tokenizer):

@@ -1,5 +1,6 @@
-"""The full RefSegModel: shapes at any size, language sensitivity, padding invariance, checkpoints,
-gradient flow, the CrossViT switch, the hierarchical encoder and the Predictor."""
+"""The full RefSegModel: the processor -> model -> output contract, shapes at any size, language
+sensitivity, padding invariance, the loss in the model, checkpoints, gradient flow, the CrossViT switch,
+the hierarchical encoder and the Predictor."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ from refseg.config import load_config
 from refseg.data.transforms import encode_text
 from refseg.models import CheckpointError, RefSegModel, build_model, load_checkpoint
 from refseg.predictor import Predictor
+from refseg.processing import RefSegProcessor
 
 
 def _cfg(*extra):
@@ -25,23 +27,56 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def tok(model):
-    return model.tokenizer
+def processor(model):
+    return RefSegProcessor.from_config(model.config)
+
+
+@pytest.fixture(scope="module")
+def tok(processor):
+    return processor.tokenizer
 
 
 def _text(tok, texts, max_tokens=20):
     return encode_text(tok, texts, max_tokens)
 
 
+def _padded(n, multiple):
+    return -(-n // multiple) * multiple
+
+
 @pytest.mark.parametrize("hw", [(64, 64), (200, 300), (61, 97)])
-def test_logits_at_input_size(model, tok, hw):
+def test_logits_at_stride_4_and_masks_at_any_size(model, processor, tok, hw):
     ids, mask = _text(tok, ["the red circle on the left", "a square"])
     with torch.no_grad():
         out = model(torch.randn(2, 3, *hw), ids, mask)
-    assert out.deep_logits is None  # eval mode: the auxiliary heads are not run
-    out = out.logits
-    assert out.shape == (2, 2, *hw)
-    assert torch.isfinite(out).all()
+    assert out.loss is None and out.attentions is None
+    pm = model.pad_multiple
+    assert out.logits.shape == (2, 2, _padded(hw[0], pm) // 4, _padded(hw[1], pm) // 4)
+    assert torch.isfinite(out.logits).all()
+    # the loss's view: the decoder's upsampling to the padded input, cropped to the input
+    assert model.upsample_logits(out.logits, hw).shape == (2, 2, *hw)
+    # the processor's: one resize to any size; at the input size it equals the loss's view
+    masks = processor.post_process_masks(out.logits, (33, 170), input_size=hw)
+    assert masks.shape == (2, 33, 170) and masks.dtype == torch.bool
+    up = model.upsample_logits(out.logits, hw)
+    margin = processor.post_process_logits(out.logits, hw, input_size=hw)
+    torch.testing.assert_close(margin, up[:, 1] - up[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_output_fields_do_not_depend_on_mode(tok):
+    """train/eval change the arithmetic (dropout, BatchNorm statistics), never which fields exist."""
+    torch.manual_seed(0)
+    m = build_model(_cfg())
+    ids, mask = _text(tok, ["the red circle", "a square"])
+    x, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 2, (2, 64, 64))
+    fields = {}
+    for mode in (True, False):
+        m.train(mode)
+        for with_labels in (True, False):
+            out = m(x, ids, mask, labels=labels if with_labels else None)
+            fields[mode, with_labels] = (out.loss is not None, tuple(out.logits.shape))
+    assert fields[True, True] == fields[False, True] == (True, (2, 2, 16, 16))
+    assert fields[True, False] == fields[False, False] == (False, (2, 2, 16, 16))
 
 
 def test_forward_features_strides(model, tok):
@@ -66,9 +101,13 @@ def test_save_load_round_trip_is_bit_exact(model, tok, tmp_path):
     ck = tmp_path / "ck"
     model.save_pretrained(ck)
     model.save_pretrained(ck)  # overwriting an existing checkpoint works too
-    assert {p.name for p in ck.iterdir()} == {"config.yaml", "model.safetensors", "text", "tokenizer"}
+    names = {p.name for p in ck.iterdir()}
+    assert {"config.yaml", "model.safetensors", "text", "processor_config.json", "README.md",
+            "tokenizer_config.json"} <= names and "tokenizer" not in names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp dirs left behind
-    loaded, tok2 = load_checkpoint(ck)
+    loaded, proc2 = load_checkpoint(ck)
+    tok2 = proc2.tokenizer
+    assert (proc2.image_size, proc2.max_tokens, proc2.align_corners) == (64, 20, False)
     assert not loaded.training
     assert loaded.config.to_dict() == model.config.to_dict()
     ids, mask = _text(tok2, ["the circle on the right"])
@@ -103,12 +142,10 @@ def test_gradients_reach_every_part():
     torch.manual_seed(0)
     cfg = _cfg()
     m = build_model(cfg).train()
-    ids, mask = _text(m.tokenizer, ["the circle on the left", "the square"])
-    out = m(torch.randn(2, 3, 64, 64), ids, mask)
+    ids, mask = _text(RefSegProcessor.from_config(cfg.model).tokenizer, ["the circle on the left", "the square"])
     labels = torch.randint(0, 2, (2, 64, 64))
-    from refseg.engine.losses import SegmentationLoss
-    assert cfg.loss.deep_supervision_weight > 0 and out.deep_logits is not None
-    SegmentationLoss(cfg.loss)(out, labels).backward()  # as the trainer computes it
+    assert cfg.model.loss.deep_supervision_weight > 0 and m.deep_heads is not None
+    m(torch.randn(2, 3, 64, 64), ids, mask, labels=labels).loss.backward()  # as the trainer computes it
 
     def grad(prefix):
         gs = [p.grad.abs().sum().item() for n, p in m.named_parameters() if n.startswith(prefix) and p.grad is not None]
@@ -123,26 +160,27 @@ def test_gradients_reach_every_part():
     assert not unused, unused
 
 
-def test_crossvit_switch():
+def test_crossvit_switch(tok):
     off = build_model(_cfg("model.crossvit.enabled=false")).eval()
     assert off.crossvit is None
     assert not [n for n, _ in off.named_parameters() if "crossvit" in n]
-    ids, mask = _text(off.tokenizer, ["left"])
+    ids, mask = _text(tok, ["left"])
     with torch.no_grad():
-        assert off(torch.randn(1, 3, 61, 97), ids, mask).logits.shape == (1, 2, 61, 97)
+        logits = off(torch.randn(1, 3, 61, 97), ids, mask).logits
+    assert off.upsample_logits(logits, (61, 97)).shape == (1, 2, 61, 97)
     on = build_model(_cfg("model.crossvit.block=xca", "model.crossvit.patch_size=32")).eval()
     assert on.pad_multiple == 32 and any("crossvit" in n for n, _ in on.named_parameters())
     with torch.no_grad():
-        assert on(torch.randn(1, 3, 61, 97), ids, mask).logits.shape == (1, 2, 61, 97)
+        assert on(torch.randn(1, 3, 61, 97), ids, mask).logits.shape == (1, 2, 64 // 4, 128 // 4)
 
 
-def test_hierarchical_encoder_trains():
+def test_hierarchical_encoder_trains(tok):
     m = build_model(_cfg("model.vision.arch=xcit_hierarchical", "model.vision.hierarchical_dims=[16,32,32,64]",
                          "model.vision.hierarchical_depths=[1,1,1,1]", "model.vision.hierarchical_heads=[1,2,2,4]"))
-    ids, mask = _text(m.tokenizer, ["the circle", "the square"])
-    out = m(torch.randn(2, 3, 61, 97), ids, mask).logits
-    assert out.shape == (2, 2, 61, 97)
-    out.mean().backward()
+    ids, mask = _text(tok, ["the circle", "the square"])
+    out = m(torch.randn(2, 3, 61, 97), ids, mask, labels=torch.randint(0, 2, (2, 61, 97)))
+    assert m.upsample_logits(out.logits, (61, 97)).shape == (2, 2, 61, 97)
+    out.loss.backward()
     assert m.encoder.stages[3][0].attn.qkv.weight.grad.abs().sum() > 0
     assert m.crossvit.xcit_cls_proj[3].weight.grad is not None  # CLS carried to the wider stage
     with pytest.raises(ValueError, match="xcit_columnar and swin encoders only"):
@@ -186,59 +224,80 @@ def test_text_dropout_frozen_trainable_and_lavt(tok):
 
 
 def test_deep_supervision_heads_and_loss(tok):
-    """Two extra mask heads on the decoder's stride-16 / stride-8 maps, at the input size, trained
-    with the same mask loss; absent (and not in the state dict) when the model config has none."""
-    from refseg.config import LossConfig
-    from refseg.engine.losses import SegmentationLoss
-
+    """Two extra mask heads on the decoder's stride-16 / stride-8 maps, brought to the input size and
+    trained with the same mask loss inside the model; absent (and not in the state dict) when
+    model.loss.deep_supervision_weight is 0."""
     torch.manual_seed(0)
     m = build_model(_cfg()).train()
-    assert m.config.decoder.deep_supervision
+    assert m.config.loss.deep_supervision_weight == 0.4 and len(m.deep_heads) == 2
     ids, mask = _text(tok, ["the red circle", "a square"])
     x = torch.randn(2, 3, 61, 97)
-    out = m(x, ids, mask)
-    deep = out.deep_logits
-    assert [tuple(d.shape) for d in deep] == [(2, 2, 61, 97)] * 2
-    assert not torch.allclose(deep[0], deep[1])
-    with torch.no_grad():
-        assert m.eval()(x, ids, mask).deep_logits is None  # inference does not run the heads
-    m.train()
     labels = torch.randint(0, 2, (2, 61, 97))
-    plain = SegmentationLoss(LossConfig(dice_weight=1.0, deep_supervision_weight=0.0))(out, labels)
-    ds = SegmentationLoss(LossConfig(dice_weight=1.0, deep_supervision_weight=0.4))
-    total = ds(out, labels)
-    expected = plain + 0.4 * (ds.mask_loss(deep[0], labels) + ds.mask_loss(deep[1], labels))
-    torch.testing.assert_close(total, expected)
-    total.backward()
+    loss = m(x, ids, mask, labels=labels).loss
+    # the same loss, computed by hand from the decoder's outputs
+    dec = m.decoder(m.forward_features(x, ids, mask))
+    crit = m.criterion
+    deep = [m.upsample_logits(head(h), (61, 97)) for head, h in zip(m.deep_heads, dec.hidden_states[:2])]
+    assert [tuple(d.shape) for d in deep] == [(2, 2, 61, 97)] * 2 and not torch.allclose(deep[0], deep[1])
+    plain = crit.mask_loss(m.upsample_logits(dec.logits, (61, 97)), labels)
+    expected = plain + 0.4 * (crit.mask_loss(deep[0], labels) + crit.mask_loss(deep[1], labels))
+    torch.testing.assert_close(loss, expected)
+    assert float((loss - plain).detach()) > 0.01  # the heads' terms are really in it
+    loss.backward()
     assert all(h.weight.grad.abs().sum() > 0 for h in m.deep_heads)
     # the decoder's coarse stages get gradient through the heads alone
     m.zero_grad(set_to_none=True)
-    out = m(x, ids, mask)
-    ds.mask_loss(out.deep_logits[0], labels).backward()
+    crit.mask_loss(deep[0].detach() + m.upsample_logits(m.deep_heads[0](m.decoder(m.forward_features(x, ids, mask))
+                                                                         .hidden_states[0]), (61, 97)),
+                   labels).backward()
     assert m.decoder.fuse[0][0].weight.grad.abs().sum() > 0 and m.decoder.classifier.weight.grad is None
-    no_heads = build_model(_cfg("model.decoder.deep_supervision=false")).train()
-    assert not any(k.startswith("deep_heads") for k in no_heads.state_dict())
-    assert no_heads(x, ids, mask).deep_logits is None
+    no_heads = build_model(_cfg("model.loss.deep_supervision_weight=0")).train()
+    assert no_heads.deep_heads is None and not any(k.startswith("deep_heads") for k in no_heads.state_dict())
+    out = no_heads(x, ids, mask, labels=labels)
+    dec = no_heads.decoder(no_heads.forward_features(x, ids, mask))
+    torch.testing.assert_close(out.loss, no_heads.criterion.mask_loss(no_heads.upsample_logits(dec.logits, (61, 97)),
+                                                                      labels))
 
 
-def test_old_checkpoint_loads_and_predicts(model, tmp_path):
-    """A checkpoint written in the format before config_version (full run config, data.image_size,
-    no decoder.deep_supervision key) loads through the migrations and gives the same logits."""
+def _to_legacy_layout(ck):
+    """A checkpoint as refseg wrote them before processors: the tokenizer's files in tokenizer/."""
+    import shutil
+
+    (ck / "tokenizer").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (ck / name).exists():
+            shutil.move(str(ck / name), str(ck / "tokenizer" / name))
+    (ck / "processor_config.json").unlink()
+    (ck / "README.md").unlink()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_checkpoint_loads_and_predicts(model, tmp_path, version):
+    """Checkpoints in the formats before config_version 3 (1: no config_version, data.image_size, no
+    decoder.deep_supervision key; 2: loss at the top and decoder.deep_supervision) with the tokenizer in
+    tokenizer/ and no processor file load through the migrations and give the same logits."""
     ck = tmp_path / "old"
     model.save_pretrained(ck)
+    _to_legacy_layout(ck)
     data = yaml.safe_load((ck / "config.yaml").read_text())
-    data.pop("config_version")
-    data["data"]["image_size"] = data["model"].pop("image_size")
-    dec = data["model"]["decoder"]
-    dec.pop("deep_supervision")
-    dec.update(stem_skips=False, refine_channels=0, semantic_classes=0)
-    data["model"]["vision"].update(out_strides=None, global_blocks=[])
-    data["loss"]["semantic_weight"] = 0.0
-    data["loss"]["deep_supervision_weight"] = 0.4 if model.config.decoder.deep_supervision else 0.0
+    loss = data["model"].pop("loss")
+    heads = loss["deep_supervision_weight"] > 0
+    data["loss"] = loss
+    if version == 1:
+        data.pop("config_version")
+        data["data"]["image_size"] = data["model"].pop("image_size")
+        data["model"]["decoder"].update(stem_skips=False, refine_channels=0, semantic_classes=0)
+        data["model"]["vision"].update(out_strides=None, global_blocks=[])
+        data["loss"]["semantic_weight"] = 0.0
+    else:
+        data["config_version"] = 2
+        data["model"]["decoder"]["deep_supervision"] = heads
     (ck / "config.yaml").write_text(yaml.safe_dump(data))
-    loaded, tok2 = load_checkpoint(ck)
+    ckpt = load_checkpoint(ck)
+    loaded, proc = ckpt
     assert loaded.config.to_dict() == model.config.to_dict()
-    ids, mask = _text(tok2, ["the circle on the right"])
+    assert (proc.image_size, proc.max_tokens, proc.truncation) == (64, 20, "sep")
+    ids, mask = _text(proc.tokenizer, ["the circle on the right"])
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x, ids, mask).logits, model(x, ids, mask).logits)

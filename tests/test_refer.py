@@ -542,4 +542,4 @@ def test_lavt_configs(name, split_by):
     assert cfg.model.vision.name == "xcit_small_12_p16"
     assert cfg.model.vision.pretrained == "xcit_small_12_p16_384.fb_dist_in1k"
     assert cfg.model.text.name == "bert-base-uncased" and cfg.model.text.trainable_layers == list(range(10))
-    assert cfg.loss.dice_weight == 0 and cfg.loss.class_weights == [0.9, 1.1]
+    assert cfg.model.loss.dice_weight == 0 and cfg.model.loss.class_weights == [0.9, 1.1]

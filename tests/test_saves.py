@@ -185,14 +185,14 @@ def test_checkpoint_loaders_in_a_loop_while_best_is_saved(trained_run, tmp_path,
     from refseg.predictor import Predictor
 
     _, run, _ = trained_run
-    model, tokenizer = load_checkpoint(run / "best")
+    model, processor = load_checkpoint(run / "best")
     target = tmp_path / "best"
 
     def save_version(version: int) -> None:
         with torch.no_grad():
             for p in model.parameters():  # every tensor carries the version number
                 p.view(-1)[0] = float(version)
-        model.save_pretrained(target, tokenizer=tokenizer)
+        model.save_pretrained(target, processor=processor)
 
     save_version(0)
     stop, errors, versions_saved = threading.Event(), [], [0]

@@ -9,8 +9,9 @@ sampler sends such keys, so persistent workers need no epoch of their own). Eval
 
 Items stop at uint8, so that loader workers can feed a GPU: no float work in the workers, training
 masks rasterised at the target size from the polygons, 0.9 MB per 480-px sample instead of the
-4.6 MB of float32 pixels and int64 labels; ``model_inputs`` moves a batch to the device and
-normalises it there (``transforms.normalize_pixels``, bit-identical to the float32 path).
+4.6 MB of float32 pixels and int64 labels; the processor's ``to_device`` moves a batch to the device
+and normalises it there (bit-identical to the float32 path). Images and expressions are prepared by
+the model's ``RefSegProcessor`` (``refseg.processing``), the one place that preprocesses.
 """
 from __future__ import annotations
 
@@ -23,17 +24,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .transforms import encode_text, image_to_uint8, normalize_pixels, polygon_mask, preprocess_image, resize_mask
+from .transforms import polygon_mask, preprocess_image, resize_mask
 from .types import Sample, Source
 
-__all__ = ["RefSegDataset", "collate", "model_inputs", "photometric_jitter", "preprocessing", "worker_init"]
-
-
-def preprocessing(model_config) -> dict[str, Any]:
-    """``RefSegDataset`` keyword arguments for a ``ModelConfig``'s preprocessing: image_size, max_tokens,
-    image_resize, truncation (read by attribute: the data package does not import the config module)."""
-    return dict(image_size=model_config.image_size, max_tokens=model_config.text.max_tokens,
-                image_resize=model_config.image_resize, truncation=model_config.text.truncation)
+__all__ = ["RefSegDataset", "collate", "photometric_jitter", "worker_init"]
 
 
 class RefSegDataset(Dataset):
@@ -44,25 +38,30 @@ class RefSegDataset(Dataset):
 
     ``max_samples`` keeps the first N items (refs when training, (ref, sentence) pairs otherwise).
     ``augment`` (training only) adds photometric jitter; no flips ("left"/"right" in expressions).
-    ``image_resize`` and ``truncation``: the model config's preprocessing (``model.image_resize``,
-    ``model.text.truncation``); with ``pil`` (LAVT's) training masks are resized from the original-size
-    mask as LAVT does, not rasterised from the polygons.
+    ``processor``: the model's ``RefSegProcessor`` (image size and resize method, tokenizer and
+    truncation; a bare tokenizer with ``image_size``, ``max_tokens``, ``image_resize`` and ``truncation``
+    builds one); with ``image_resize`` ``pil`` (LAVT's) training masks are resized from the
+    original-size mask as LAVT does, not rasterised from the polygons.
     ``uint8=False`` gives the float32 items of before (normalised ``pixel_values``, int64 ``labels``
     resized from the original-size mask), kept to measure what the uint8 path saves.
     """
 
-    def __init__(self, source: Source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
-                 train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
+    def __init__(self, source: Source, split: str, processor, image_size: Optional[int] = None,
+                 max_tokens: int = 20, train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
                  seed: int = 0, image_resize: str = "opencv", truncation: str = "sep", uint8: bool = True):
+        if not hasattr(processor, "encode_text"):  # a bare tokenizer: the processor of these settings
+            from ..processing import RefSegProcessor
+            if image_size is None:
+                raise ValueError("RefSegDataset: give a RefSegProcessor, or a tokenizer and image_size")
+            processor = RefSegProcessor(processor, image_size, image_resize, max_tokens, truncation)
         self.uint8 = bool(uint8)
         self.source = source
         self.seed = int(seed)
         self.epoch: Optional[int] = None
         self.split = split
-        self.tokenizer = tokenizer
-        self.image_size = int(image_size)
-        self.max_tokens = int(max_tokens)
-        self.image_resize, self.truncation = image_resize, truncation
+        self.processor = processor
+        self.image_size = processor.image_size
+        self.image_resize = processor.image_resize
         self.train = bool(train)
         self.augment = bool(augment) and self.train
         self.samples: list[Sample] = list(source.samples(split))
@@ -145,7 +144,7 @@ class RefSegDataset(Dataset):
             if self.augment:
                 image = photometric_jitter(image, rng)
             if self.uint8:
-                pixel_values = image_to_uint8(image, self.image_size, self.image_resize)
+                pixel_values = self.processor.image_to_uint8(image)
                 if labels is None:
                     labels = resize_mask(mask, self.image_size, self.image_resize).view(np.uint8)
                 labels = torch.from_numpy(np.ascontiguousarray(labels))
@@ -157,7 +156,7 @@ class RefSegDataset(Dataset):
         except (cv2.error, ValueError, OSError) as e:
             raise DataError(f"{sample.image_path}: ref_id {sample.ref_id}, sent_id {sample.sent_id}: "
                             f"{type(e).__name__}: {e}") from None
-        ids, attn = encode_text(self.tokenizer, text, self.max_tokens, self.truncation)
+        ids, attn = self.processor.encode_text(text)
         item = {"pixel_values": pixel_values, "input_ids": ids[0], "attention_mask": attn[0],
                 "labels": labels, "index": int(index)}
         if not self.train:
@@ -182,22 +181,6 @@ def worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-def model_inputs(batch: dict[str, Any], device: torch.device | str) -> dict[str, torch.Tensor]:
-    """A collated batch on ``device`` as the model and loss take it.
-
-    ``pixel_values`` float32 (B,3,S,S): uint8 batches are normalised on the device (after a
-    non-blocking copy from pinned memory), float batches are taken as already normalised;
-    ``input_ids`` / ``attention_mask`` (B,T) long; ``labels`` (B,S,S) long when the batch has them.
-    """
-    pixels = batch["pixel_values"].to(device, non_blocking=True)
-    out = {"pixel_values": normalize_pixels(pixels) if pixels.dtype == torch.uint8 else pixels,
-           "input_ids": batch["input_ids"].to(device, non_blocking=True),
-           "attention_mask": batch["attention_mask"].to(device, non_blocking=True)}
-    if "labels" in batch:
-        out["labels"] = batch["labels"].to(device, non_blocking=True).long()
-    return out
 
 
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.2,

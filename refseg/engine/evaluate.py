@@ -1,8 +1,9 @@
 """Evaluation: run a model over a RefSegDataset and score it with LAVT's protocol.
 
-Scoring is at the original image size by default: logits (B, 2, S, S) are upsampled bilinearly to
-each image's (H, W) and compared with the full-resolution ground truth. ``resized_gt`` instead scores
-at S x S against the nearest-resized ground truth, as LAVT's test.py does.
+Scoring is at the original image size by default: the model's stride-4 logits are brought to each
+image's (H, W) in one bilinear resize (``RefSegProcessor.post_process_masks``, as the Predictor does)
+and compared with the full-resolution ground truth. ``resized_gt`` instead scores at S x S against the
+nearest-resized ground truth, as LAVT's test.py does.
 
 With an accelerator, process r scores samples r, r + P, r + 2P, ... (no padding), and the per-sample
 (index, I, U) records are gathered and merged, so P processes give exactly one process's numbers.
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data.dataset import collate, model_inputs, worker_init
+from ..data.dataset import collate, worker_init
 from ..errors import DataError
 from ..metrics import SegMetrics, intersection_union
-from ..ops import autocast, object_margin
+from ..ops import autocast
 
 
 def text_derangement(ref_ids: Sequence[int], seed: int = 0) -> list[int]:
@@ -70,18 +71,15 @@ def _device(model, accelerator) -> torch.device:
     return torch.device("cpu")
 
 
-def _predict(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(2, h, w) logits -> (H, W) bool prediction (argmax; ties go to background)."""
-    return object_margin(logits[None], size)[0] > 0
-
-
 def score_positions(model, base, positions: Sequence[int], device: torch.device, batch_size: int = 16,
                     resized_gt: bool = False, num_workers: int = 0, progress: bool = False,
-                    desc: str = "eval", mixed_precision: str = "auto") -> SegMetrics:
+                    desc: str = "eval", mixed_precision: str = "auto", processor=None) -> SegMetrics:
     """Score the base-dataset items ``positions`` on this process; returns the per-sample records.
 
-    ``mixed_precision``: ``eval.mixed_precision`` (see ``scoring_precision``).
+    ``mixed_precision``: ``eval.mixed_precision`` (see ``scoring_precision``); ``processor``: the
+    model's ``RefSegProcessor`` (default: the dataset's).
     """
+    processor = processor or base.processor
     from tqdm.auto import tqdm
 
     metrics = SegMetrics()
@@ -92,17 +90,19 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-            x = model_inputs(batch, device)  # uint8 pixels normalised on the device
+            x = processor.to_device(batch, device)  # uint8 pixels normalised on the device
+            labels = x.pop("labels")
             with autocast(device, scoring_precision(mixed_precision, resized_gt)):
-                logits = model(x["pixel_values"], x["input_ids"], x["attention_mask"]).logits.float()
+                logits = model(**x).logits.float()
             for b, idx in enumerate(batch["index"].tolist()):
                 sample = base.sample(idx)
                 target = batch["target"][b]
                 where = f"{sample.image_path} (ref_id {sample.ref_id}, sent_id {sample.sent_id})"
                 if not bool(target.any()):
                     raise DataError(f"empty ground-truth mask for {where}")
-                gt = x["labels"][b].bool() if resized_gt else target.to(device, non_blocking=True)
-                metrics.add(*intersection_union(_predict(logits[b], tuple(gt.shape)), gt), idx, sample.expr_type)
+                gt = labels[b].bool() if resized_gt else target.to(device, non_blocking=True)
+                pred = processor.post_process_masks(logits[b:b + 1], tuple(gt.shape))[0]
+                metrics.add(*intersection_union(pred, gt), idx, sample.expr_type)
     return metrics
 
 
@@ -112,11 +112,12 @@ def scoring_precision(mixed_precision: str, resized_gt: bool) -> str:
     return "no" if mixed_precision == "auto" and resized_gt else mixed_precision
 
 
-def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt: bool = False,
+def evaluate(model, dataset, processor=None, accelerator=None, batch_size: int = 16, resized_gt: bool = False,
              shuffle_text: bool = False, gallery_dir: str | Path | None = None, progress: bool = True,
              num_workers: int = 0, gallery_size: int = 16, seed: int = 0, desc: str = "eval",
              mixed_precision: str = "auto") -> dict:
-    """Score ``model`` on ``dataset`` (a RefSegDataset with train=False, or a Subset of one).
+    """Score ``model`` on ``dataset`` (a RefSegDataset with train=False, or a Subset of one) through
+    ``processor`` (its ``RefSegProcessor``; default: the one the dataset prepares its items with).
 
     Returns ``{P@0.5 .. P@0.9, oIoU, mIoU, num_samples}`` in percent (plus ``per_type`` {type: mIoU}
     when samples carry an expression type). Every process returns the same merged numbers.
@@ -125,6 +126,7 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
     plus index.json / index.html.
     """
     base, positions = _unwrap(dataset)
+    processor = processor or base.processor
     if getattr(base, "train", False):
         raise ValueError("evaluate() needs a dataset built with train=False (one item per sentence)")
     if shuffle_text:
@@ -146,7 +148,7 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
     model.eval()
     try:
         local = score_positions(model, base, positions[rank::world], device, batch_size, resized_gt,
-                                num_workers, progress and is_main, desc, mixed_precision)
+                                num_workers, progress and is_main, desc, mixed_precision, processor)
         if world > 1:
             from accelerate.utils import gather_object
 
@@ -155,7 +157,7 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
             merged = local
         results = merged.compute()
         if gallery_dir is not None and is_main:
-            write_gallery(model, base, merged, gallery_dir, device, k=gallery_size, resized_gt=resized_gt,
+            write_gallery(model, processor, base, merged, gallery_dir, device, k=gallery_size, resized_gt=resized_gt,
                           mixed_precision=mixed_precision)
         if world > 1:
             accelerator.wait_for_everyone()
@@ -164,7 +166,7 @@ def evaluate(model, dataset, accelerator=None, batch_size: int = 16, resized_gt:
     return results
 
 
-def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device: torch.device, k: int = 16,
+def write_gallery(model, processor, base, metrics: SegMetrics, out_dir: str | Path, device: torch.device, k: int = 16,
                   resized_gt: bool = False, mixed_precision: str = "auto") -> list[dict]:
     """The ``k`` lowest-IoU samples as PNGs (image, green gt outline, tinted prediction, expression, IoU)."""
     from ..data.io import write_image
@@ -178,13 +180,14 @@ def write_gallery(model, base, metrics: SegMetrics, out_dir: str | Path, device:
     with torch.inference_mode():
         for rank, idx in enumerate(worst):
             item = collate([base[idx]])
-            x = model_inputs(item, device)
+            x = processor.to_device(item, device)
+            x.pop("labels")
             with autocast(device, scoring_precision(mixed_precision, resized_gt)):
-                logits = model(x["pixel_values"], x["input_ids"], x["attention_mask"]).logits
+                logits = model(**x).logits.float()
             sample = base.sample(idx)
             image = base.source.load_image(sample)
             gt = item["target"][0].numpy()
-            pred = _predict(logits[0].float(), gt.shape).cpu().numpy()
+            pred = processor.post_process_masks(logits, gt.shape)[0].cpu().numpy()
             text = base.text(idx)
             name = f"{rank:02d}_idx{idx}.png"
             write_image(out / name, overlay(image, pred, text=f"IoU {100 * ious[idx]:.1f} | {text}", gt=gt))

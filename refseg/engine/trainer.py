@@ -7,7 +7,8 @@ Run directory (``runs/<name>/``)::
 
     config.yaml        the full run config
     state/             resumable state: model/optimizer/RNG (accelerate) + trainer_state.json
-    best/  last/       checkpoint directories (``RefSegModel.save_pretrained``)
+    best/  last/       checkpoint directories (``RefSegModel.save_pretrained``: weights, config,
+                       processor and model card)
     metrics.jsonl      one JSON object per evaluation
     summary.json       the final evaluation and timings
     logs/              TensorBoard events
@@ -33,10 +34,9 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..data.dataset import model_inputs, worker_init
+from ..data.dataset import worker_init
 from ..errors import SaveError, UserError, first_line
-from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores
-from .losses import SegmentationLoss
+from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores, read_directory
 from .rundir import TRAINER_STATE, RunDirectory, latest_run, on_main_process, resolve_run_dir  # noqa: F401
 from .schedule import UNPLANNED, TimeBudget, parameter_groups, poly_warmup_lambda
 
@@ -126,6 +126,22 @@ class TrainerState:
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
 
+def launch_command(argv: Optional[list[str]] = None) -> str:
+    """The command line this process was started with, as the user typed it (as far as it shows):
+    ``accelerate launch train.py ...``, ``torchrun ... train.py ...`` or ``python train.py ...``."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    script = shlex.join([Path(argv[0]).name if argv and argv[0].endswith(".py") else (argv[0] if argv else "train.py"),
+                         *argv[1:]])
+    if os.environ.get("ACCELERATE_MIXED_PRECISION") is not None:
+        return f"accelerate launch {script}"
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')} {script}"
+    return f"python {script}"
+
+
 def cpu_threads(setting: int | None, local_processes: int = 1) -> int:
     """Threads for one process: ``setting``, or the machine's cores shared among its processes."""
     return int(setting) if setting else max(1, cpu_cores() // max(1, local_processes))
@@ -187,6 +203,7 @@ class Trainer:
         self.out: Optional[Path] = None
         self.run_dir: Optional[RunDirectory] = None  # the main process's claim (holds the lock)
         self._saved_step: Optional[int] = None  # step of the last complete state/ on disk
+        self.command = launch_command()  # for the model cards
 
     # -- setup ----------------------------------------------------------------------------------
     def setup(self, data: bool = True) -> "Trainer":
@@ -235,6 +252,7 @@ class Trainer:
             threads = f", {torch.get_num_threads()} threads" if acc.device.type == "cpu" else ""
             print(f"training on {acc.device}{threads} x {self.world} process(es), mixed precision "
                   f"{acc.mixed_precision} (train.mixed_precision={tc.mixed_precision})")
+        self.processor = self._processor()
         if data:
             self._setup_data()
         self._setup_model()
@@ -243,8 +261,6 @@ class Trainer:
 
     def _setup_data(self) -> None:
         from ..data import RefSegDataset, open_source
-        from ..data.dataset import preprocessing
-        from ..models.text import load_tokenizer
 
         cfg, tc, acc = self.config, self.config.train, self.accelerator
         t0 = time.time()
@@ -254,13 +270,9 @@ class Trainer:
                 ensure_refshapes(cfg.data, progress=self.progress and self.is_main)
         source = open_source(cfg.data)
         self.time_data = time.time() - t0
-        # a fine-tuned checkpoint carries its tokenizer (its text.name may be a Hub name not at hand)
-        self.tokenizer = load_tokenizer(str(Path(tc.init_from).expanduser() / "tokenizer") if tc.init_from
-                                        else cfg.model.text.name)
-        m = cfg.model
-        self.train_dataset = RefSegDataset(source, cfg.data.train_split, self.tokenizer, **preprocessing(m),
-                                           train=True, augment=cfg.data.augment, seed=tc.seed)
-        self.val_dataset = RefSegDataset(source, cfg.data.val_split, self.tokenizer, **preprocessing(m), train=False)
+        self.train_dataset = RefSegDataset(source, cfg.data.train_split, self.processor, train=True,
+                                           augment=cfg.data.augment, seed=tc.seed)
+        self.val_dataset = RefSegDataset(source, cfg.data.val_split, self.processor, train=False)
         self.val_subset = self.val_dataset
         if cfg.data.max_val_samples and len(self.val_dataset) > cfg.data.max_val_samples:
             idx = np.random.default_rng(0).choice(len(self.val_dataset), cfg.data.max_val_samples, replace=False)
@@ -275,6 +287,18 @@ class Trainer:
         elif tc.max_steps is None:  # fitted to train.max_minutes as the run measures its own speed
             self.budget = TimeBudget(tc.max_minutes * 60.0, self._t_start, tc, self.world)
 
+    def _processor(self):
+        """The run's RefSegProcessor: the config's, with a fine-tuned checkpoint's own tokenizer (its
+        text.name may be a Hub name not at hand)."""
+        from ..processing import RefSegProcessor
+
+        cfg, tc = self.config, self.config.train
+        if tc.init_from:
+            tokenizer = read_directory(Path(tc.init_from).expanduser(),
+                                       lambda d: RefSegProcessor.from_pretrained(d, cfg.model).tokenizer)
+            return RefSegProcessor.from_config(cfg.model, tokenizer)
+        return RefSegProcessor.from_config(cfg.model)
+
     def _setup_model(self) -> None:
         from ..models import RefSegModel, build_model
 
@@ -285,7 +309,6 @@ class Trainer:
             model = build_model(cfg.model, load_pretrained=not self.resume)
         if tc.sync_batchnorm and self.world > 1 and acc.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.criterion = SegmentationLoss(cfg.loss).to(acc.device)
         # fused: one kernel per step instead of a Python loop over ~500 tensors (6x faster on CPU)
         groups = parameter_groups(model, tc.lr, tc.weight_decay, tc.text_lr, rule=tc.weight_decay_rule)
         optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
@@ -293,6 +316,7 @@ class Trainer:
             optimizer, poly_warmup_lambda(lambda: self.planned_steps, tc.warmup_steps, tc.poly_power))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
+        self.processor.pad_multiple = self.unwrapped.pad_multiple
 
     @property
     def planned_steps(self) -> int:
@@ -310,9 +334,8 @@ class Trainer:
         """
         acc, tc, st = self.accelerator, self.config.train, self.state
         with acc.accumulate(self.model):
-            x = model_inputs(batch, acc.device)  # uint8 pixels normalised on the device
-            outputs = self.model(x["pixel_values"], x["input_ids"], x["attention_mask"])
-            loss = self.criterion(outputs, x["labels"])
+            x = self.processor.to_device(batch, acc.device)  # uint8 pixels normalised on the device
+            loss = self.model(**x).loss
             finite = torch.isfinite(loss.detach())
             if self.world > 1:  # every process must agree to skip, or DDP hangs
                 finite = acc.gather(finite.float().reshape(1)).min() > 0
@@ -338,7 +361,7 @@ class Trainer:
         from .evaluate import evaluate
 
         acc, st = self.accelerator, self.state
-        res = evaluate(self.unwrapped, self.val_dataset if final else self.val_subset, accelerator=acc,
+        res = evaluate(self.unwrapped, self.val_dataset if final else self.val_subset, self.processor, accelerator=acc,
                        batch_size=self.config.eval.batch_size, progress=self.progress and self.is_main,
                        desc="final val" if final else "val", mixed_precision=self.config.eval.mixed_precision)
         self.model.train()
@@ -350,16 +373,23 @@ class Trainer:
         rec = {"step": st.step, "epoch": st.epoch, "final": final, "elapsed_s": round(st.elapsed, 1), **res}
         self._save_or_stop("metrics.jsonl", lambda: self._append_record(rec))
         if st.best_step == st.step:
-            self._save_or_stop("best", lambda: self.save_checkpoint("best"))
+            note = (f"Final evaluation on the whole `{self.config.data.val_split}` split at step {st.step}" if final
+                    else f"Evaluation that chose this checkpoint: {res.get('num_samples', '?')} expressions of "
+                         f"`{self.config.data.val_split}` at step {st.step}")
+            self._save_or_stop("best", lambda: self.save_checkpoint("best", res, note))
         return res
 
     def _append_record(self, rec: dict) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def save_checkpoint(self, name: str) -> Path:
-        """``<run>/<name>/``: a self-contained checkpoint directory (main process only)."""
-        return self.unwrapped.save_pretrained(self.out / name, run_config=self.config, tokenizer=self.tokenizer)
+    def save_checkpoint(self, name: str, scores: Optional[dict] = None, scores_note: str = "") -> Path:
+        """``<run>/<name>/``: a self-contained checkpoint directory with its model card (main process only)."""
+        from ..modelcard import model_card
+
+        card = model_card(self.config, scores, scores_note, command=self.command)
+        return self.unwrapped.save_pretrained(self.out / name, run_config=self.config, processor=self.processor,
+                                              model_card=card)
 
     def save_state(self) -> None:
         """Write ``state/`` atomically (every process its own RNG file, then one swap by the main process).
@@ -558,9 +588,10 @@ class Trainer:
             return {"run": str(self.out), "steps": st.step, "stopped_early": True, "val": None}
         t0 = time.time()
         res = self.evaluate(final=True)
-        self._save_or_stop("last", lambda: self.save_checkpoint("last"))
+        final_note = f"Final evaluation on the whole `{self.config.data.val_split}` split at step {st.step}"
+        self._save_or_stop("last", lambda: self.save_checkpoint("last", res, final_note))
         # (main process; a resumed run whose best/ went missing gets the final weights)
-        self._save_or_stop("best", lambda: (self.out / "best").exists() or self.save_checkpoint("best"))
+        self._save_or_stop("best", lambda: (self.out / "best").exists() or self.save_checkpoint("best", res, final_note))
         time_eval = time.time() - t0
         summary = {
             "run": str(self.out), "steps": st.step, "val": res, f"best_{tc.best_metric}": st.best_metric,

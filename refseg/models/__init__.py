@@ -2,6 +2,6 @@
 
     from refseg.models import build_model, load_checkpoint, RefSegModel
 """
-from .refseg_model import CheckpointError, RefSegModel, build_encoder, build_model, load_checkpoint
+from .refseg_model import Checkpoint, CheckpointError, RefSegModel, RefSegOutput, build_encoder, build_model, load_checkpoint
 
-__all__ = ["RefSegModel", "build_model", "build_encoder", "load_checkpoint", "CheckpointError"]
+__all__ = ["RefSegModel", "RefSegOutput", "Checkpoint", "build_model", "build_encoder", "load_checkpoint", "CheckpointError"]

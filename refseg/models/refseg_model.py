@@ -4,13 +4,21 @@
                  ▲                                                               │
                  └──────── V + gate_i(F_i) * F_i (stages 1-3) ◄──────────────────┘
 
-Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
+The contract (``docs/DESIGN.md``, "The model contract")::
 
-    config.yaml          the run config (``config_version``, ``model`` rebuilds the model; the rest says
-                         how it was trained: dataset, loss, schedule)
-    model.safetensors    every weight, text encoder included
-    text/config.json     the text model's Hugging Face config (architecture without the original path)
-    tokenizer/           tokenizer.save_pretrained
+    RefSegProcessor (CPU: clean text, tokenize, resize to uint8; device: normalise)
+        -> RefSegModel.forward(pixel_values, input_ids, attention_mask, labels=None)
+        -> RefSegOutput(loss, logits at stride 4, attentions, gate_magnitudes)
+        -> RefSegProcessor.post_process_masks(logits, image size)   (one resize)
+
+Checkpoint directory (``save_pretrained`` / ``from_pretrained``; a local path or a Hub id)::
+
+    config.yaml            the run config (``config_version``; ``model`` rebuilds the model, losses
+                           included; the rest says how it was trained: dataset, schedule)
+    model.safetensors      every weight, text encoder included
+    text/config.json       the text model's Hugging Face config (architecture without the original path)
+    processor_config.json  the processor's settings, beside the tokenizer's own files
+    README.md              the model card (Hub metadata, architecture, data, command, scores)
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import nn
@@ -26,38 +34,43 @@ from transformers.utils import ModelOutput
 
 from ..config import ModelConfig, RunConfig, load_run_config
 from ..errors import CheckpointError, ConfigError, first_line
+from ..hub import CONFIG_FILE, MODEL_CARD, TEXT_DIR, WEIGHTS_FILE, checkpoint_directory, resolve_checkpoint
+
 from ..ops import pad_to_multiple
 from ..utils import atomic_directory, read_directory
 from .crossvit import CrossViTBranch
 from .decoder import SimpleDecoder
+from .losses import SegmentationLoss
 from .pwam import PWAM, LanguageGate
 from .swin import SwinEncoder, load_swin_pretrained
-from .text import TextEncoder, load_tokenizer
+from .text import TextEncoder
 from .xcit import XCiTColumnar, XCiTHierarchical, load_xcit_pretrained
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
-TEXT_DIR = "text"
-TOKENIZER_DIR = "tokenizer"
+if TYPE_CHECKING:
+    from ..processing import RefSegProcessor
+
 
 
 @dataclass
 class RefSegOutput(ModelOutput):
     """What ``RefSegModel.forward`` returns (a transformers ``ModelOutput``: ``out.logits``, ``out[0]``).
 
-    logits: (B, 2, H, W) background/object logits at the input size.
-    deep_logits: in training mode, when the model has deep-supervision heads: the two auxiliary
-        predictions from the decoder's stride-16 and stride-8 maps, each (B, 2, H, W); else None.
+    Its fields do not depend on train/eval mode.
+
+    loss: with ``labels``: the scalar training loss of ``model.loss`` (CE + Dice on the logits at the
+        input size, plus the deep-supervision heads' losses when the model has them); else None.
+    logits: (B, 2, H'/4, W'/4) background/object logits at stride 4 over the input padded to
+        ``pad_multiple`` (H', W'), as Segformer's. ``RefSegProcessor.post_process_masks`` brings them to
+        any size in one resize; ``RefSegModel.upsample_logits`` to the input size as the loss sees them.
     attentions: with ``output_attentions``: per stage, the PWAM's softmax weight of each word at each
         position of the stage's token grid, (B, heads, T, h_i, w_i) float32 (summing to 1 over the
-        words with attention_mask 1; 0 for padding). The grid covers the input padded to
-        ``pad_multiple`` (bottom/right).
+        words with attention_mask 1; 0 for padding). The grid covers the padded input.
     gate_magnitudes: with ``output_attentions``: per gated stage (1-3), the language gate's mean
         |S| over channels, (B, h_i, w_i) float32: how much language each position lets through.
     """
 
+    loss: Optional[torch.Tensor] = None
     logits: torch.Tensor = None
-    deep_logits: Optional[tuple[torch.Tensor, ...]] = None
     attentions: Optional[tuple[torch.Tensor, ...]] = None
     gate_magnitudes: Optional[tuple[torch.Tensor, ...]] = None
 
@@ -119,16 +132,15 @@ class RefSegModel(nn.Module):
         self.norms = nn.ModuleList([nn.LayerNorm(d) for d in dims])
         self.crossvit = (CrossViTBranch(dims, self.encoder.stage_heads, m.crossvit) if m.crossvit.enabled else None)
         self.decoder = SimpleDecoder(dims, m.decoder)
-        # Deep supervision (training only): mask logits from the decoder's stride-16 and stride-8
-        # maps, so the coarse stages, where objects are chosen, get a direct gradient.
+        # Deep supervision: mask logits from the decoder's stride-16 and stride-8 maps, so the coarse
+        # stages, where objects are chosen, get a direct gradient. Only the loss reads them.
         self.deep_heads = (nn.ModuleList([nn.Conv2d(m.decoder.hidden_dim, 2, 1) for _ in range(2)])
-                           if m.decoder.deep_supervision else None)
+                           if m.loss.deep_supervision_weight > 0 else None)
+        self.criterion = SegmentationLoss(m.loss)  # no parameters, no state_dict entries
         mult = self.encoder.pad_multiple
         if self.crossvit is not None:
             mult = mult * self.crossvit.patch_size // math.gcd(mult, self.crossvit.patch_size)
         self.pad_multiple = mult
-        self._tokenizer = None
-        self._tokenizer_dir: Optional[str] = None  # set by from_pretrained: the checkpoint's tokenizer/
 
     # -- forward --------------------------------------------------------------------------------
     def forward_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
@@ -172,97 +184,119 @@ class RefSegModel(nn.Module):
             return feats, None, None
         return feats, tuple(attentions), tuple(gates)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor, output_attentions: bool = False) -> RefSegOutput:
-        """(B,3,H,W), (B,T), (B,T) -> RefSegOutput(logits (B, 2, H, W) at the input size, deep_logits);
-        with ``output_attentions`` also the PWAMs' word attentions and the gates' magnitudes."""
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: Optional[torch.Tensor] = None, output_attentions: bool = False) -> RefSegOutput:
+        """pixel_values (B,3,H,W) float (normalised: ``RefSegProcessor.to_device``), input_ids and
+        attention_mask (B,T), labels (B,H,W) long in {0, 1} or None -> RefSegOutput (see there)."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
-        H, W = pixel_values.shape[-2:]
+        size = pixel_values.shape[-2:]
         x = pad_to_multiple(pixel_values, self.pad_multiple)
         feats, attentions, gates = self._encode(x, input_ids, attention_mask, output_attentions)
         out = self.decoder(feats)
+        loss = None
+        if labels is not None:
+            if tuple(labels.shape[-2:]) != tuple(size):
+                raise ValueError(f"labels: expected (B, {size[0]}, {size[1]}) like the input, got {tuple(labels.shape)}")
+            logits = self.upsample_logits(out.logits, size)
+            deep = [self.upsample_logits(head(h), size) for head, h in zip(self.deep_heads or (), out.hidden_states[:2])]
+            with torch.autocast(pixel_values.device.type, enabled=False):  # the loss is always fp32
+                loss = self.criterion(logits, labels, deep)
+        return RefSegOutput(loss=loss, logits=out.logits, attentions=attentions, gate_magnitudes=gates)
 
-        def to_input(t: torch.Tensor) -> torch.Tensor:  # (B, K, h, w) -> (B, K, H, W): the padded size, cropped
-            return self.decoder.resize(t, x.shape[-2:])[:, :, :H, :W]
-
-        deep = None
-        if self.training and self.deep_heads is not None:
-            deep = tuple(to_input(head(h)) for head, h in zip(self.deep_heads, out.hidden_states[:2]))
-        return RefSegOutput(logits=to_input(out.logits), deep_logits=deep, attentions=attentions,
-                            gate_magnitudes=gates)
-
-    # -- tokenizer ------------------------------------------------------------------------------
-    @property
-    def tokenizer(self):
-        """The tokenizer that matches the text encoder (loaded on first use)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self._text_source if self._tokenizer_dir is None else self._tokenizer_dir)
-        return self._tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, tok) -> None:
-        self._tokenizer = tok
+    def upsample_logits(self, logits: torch.Tensor, size) -> torch.Tensor:
+        """(B, K, h, w) maps over the padded input -> (B, K, H, W) at the unpadded input size ``size``:
+        the decoder's bilinear upsampling to the padded size, cropped (what the loss scores)."""
+        H, W = int(size[0]), int(size[1])
+        padded = [-(-n // self.pad_multiple) * self.pad_multiple for n in (H, W)]
+        return self.decoder.resize(logits, padded)[:, :, :H, :W]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike, run_config: Optional[RunConfig] = None,
-                        tokenizer=None) -> Path:
-        """Write a self-contained checkpoint directory (config.yaml, model.safetensors, text/, tokenizer/).
+                        processor=None, model_card: Optional[str] = None) -> Path:
+        """Write a self-contained checkpoint directory (config.yaml, model.safetensors, text/, the
+        processor, README.md).
 
         ``run_config``: how the model was trained (written as config.yaml; its ``model`` must be this
-        model's config); default: this model's config with default data/loss/train/eval sections.
+        model's config); default: this model's config with default data/train/eval sections.
+        ``processor``: the ``RefSegProcessor`` to save (default: this config's, with the text encoder's
+        tokenizer). ``model_card``: the README.md text (default: ``refseg.modelcard.model_card``).
         Everything is written to a temporary sibling directory first and renamed into place, so a
         crash never leaves a half-written checkpoint at ``path``. Returns the path.
         """
         from safetensors.torch import save_file
 
+        from ..modelcard import model_card as make_card
+        from ..processing import RefSegProcessor
+
         run_config = run_config or RunConfig.for_model(self.config)
         if run_config.model != self.config:
             raise ValueError("save_pretrained: run_config.model differs from the model's own config")
+        if processor is None:
+            from .text import load_tokenizer
+            processor = RefSegProcessor.from_config(self.config, load_tokenizer(self._text_source))
+        processor.pad_multiple = self.pad_multiple  # its logits cover the input padded to this
         with atomic_directory(path) as tmp:
             run_config.save(tmp / CONFIG_FILE)
             # clone: safetensors refuses tensors that share storage; contiguous CPU copies always save
             state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": "refseg"})
             self.text_encoder.model.config.save_pretrained(str(tmp / TEXT_DIR))
-            (tokenizer or self.tokenizer).save_pretrained(str(tmp / TOKENIZER_DIR))
+            processor.save_pretrained(tmp)
+            (tmp / MODEL_CARD).write_text(model_card if model_card is not None else make_card(run_config))
         return Path(path)
+
+    def push_to_hub(self, repo_id: str, run_config: Optional[RunConfig] = None, processor=None,
+                    model_card: Optional[str] = None, **kwargs):
+        """Save a checkpoint directory (``save_pretrained``) to a temporary folder and upload it to the
+        Hugging Face Hub as ``repo_id`` (``refseg.hub.push``; ``kwargs``: private, token, revision,
+        commit_message). Returns the commit info."""
+        import tempfile
+
+        from ..hub import push
+
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = self.save_pretrained(Path(tmp) / "checkpoint", run_config, processor, model_card)
+            return push(directory, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "RefSegModel":
-        """Load a checkpoint directory written by ``save_pretrained`` (offline, strict). Returns an eval() model.
+        """Load a checkpoint (``save_pretrained``): a local directory or a Hub id ``org/name[@revision]``
+        (``refseg.hub.resolve_checkpoint``; offline from the Hugging Face cache with HF_HUB_OFFLINE=1).
+        Strict; returns an eval() model.
 
         Safe while a training run replaces the checkpoint (``best/`` after an evaluation): the model
         comes whole from one version (``refseg.utils.read_directory``).
         """
-        return read_directory(Path(path).expanduser(), lambda d: cls._load_directory(d, map_location))
+        return load_checkpoint(path, map_location).model
 
     @classmethod
-    def _load_directory(cls, path: Path, map_location: str | torch.device = "cpu") -> "RefSegModel":
-        path = _checkpoint_dir(path)
+    def _load_directory(cls, path: Path, map_location: str | torch.device = "cpu"):
+        """(model in eval mode, its RunConfig) from one complete checkpoint directory."""
+        path = checkpoint_directory(path)
         try:
             cfg = load_run_config(path / CONFIG_FILE)
         except ConfigError as e:
             raise CheckpointError(f"{path}: bad {CONFIG_FILE}: {e}") from None
-        return cls._with_weights(path, cfg.model, map_location).eval()
+        return cls._with_weights(path, cfg.model, map_location).eval(), cfg
 
     @classmethod
     def from_weights(cls, path: str | os.PathLike, config: Union[ModelConfig, RunConfig],
                      map_location: str | torch.device = "cpu") -> "RefSegModel":
         """The model of ``config`` with every weight from checkpoint directory ``path`` (fine-tuning).
 
-        The text architecture and tokenizer come from the checkpoint; the weights must match ``config``
-        tensor for tensor (else CheckpointError). Returns the model in train mode. Safe while a run
-        replaces the checkpoint, as ``from_pretrained``.
+        The text architecture comes from the checkpoint; the weights must match ``config`` tensor for
+        tensor (else CheckpointError). Returns the model in train mode. Safe while a run replaces the
+        checkpoint, as ``from_pretrained``.
         """
-        return read_directory(Path(path).expanduser(), lambda d: cls._with_weights(d, config, map_location))
+        return read_directory(Path(path).expanduser(),
+                              lambda d: cls._with_weights(checkpoint_directory(d), config, map_location))
 
     @classmethod
     def _with_weights(cls, path: Path, config: Union[ModelConfig, RunConfig],
                       map_location: str | torch.device = "cpu") -> "RefSegModel":
         from safetensors.torch import load_file
 
-        path = _checkpoint_dir(path)
         try:
             state = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
         except Exception as e:
@@ -278,21 +312,7 @@ class RefSegModel(nn.Module):
         if missing or unexpected:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: does not match {CONFIG_FILE} "
                                   f"({len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]})")
-        model._tokenizer_dir = str(path / TOKENIZER_DIR)
         return model.to(map_location)
-
-
-def _checkpoint_dir(path: str | os.PathLike) -> Path:
-    """``path`` as a Path, after checking it holds a complete checkpoint (else CheckpointError)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint directory not found: {path}")
-    if not path.is_dir():
-        raise CheckpointError(f"not a checkpoint directory: {path}")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, f"{TEXT_DIR}/config.json", TOKENIZER_DIR):
-        if not (path / name).exists():
-            raise CheckpointError(f"{path}: missing {name} (not a complete refseg checkpoint)")
-    return path
 
 
 def build_model(config: Union[ModelConfig, RunConfig], load_pretrained: bool = True) -> RefSegModel:
@@ -300,14 +320,31 @@ def build_model(config: Union[ModelConfig, RunConfig], load_pretrained: bool = T
     return RefSegModel(config, load_pretrained=load_pretrained)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """A checkpoint directory -> (model in eval mode, tokenizer), both from one version of it (see
-    ``RefSegModel.from_pretrained``)."""
-    def load(directory: Path):
-        model = RefSegModel._load_directory(directory, map_location=map_location)
-        try:
-            return model, model.tokenizer
-        except Exception as e:
-            raise CheckpointError(f"{directory}: cannot load the tokenizer ({first_line(e)})") from None
+@dataclass
+class Checkpoint:
+    """One version of a checkpoint, loaded: the model (eval mode), its processor, the run config it
+    was trained with, and the local directory it was read from (a Hub id's snapshot in the cache)."""
 
-    return read_directory(Path(path).expanduser(), load)
+    model: RefSegModel
+    processor: "RefSegProcessor"
+    run_config: RunConfig
+    path: Path
+
+    def __iter__(self):  # model, processor = load_checkpoint(path)
+        return iter((self.model, self.processor))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """A checkpoint directory or Hub id -> ``Checkpoint`` (model in eval mode, processor, run config),
+    all from one version of it (see ``RefSegModel.from_pretrained``); the directory is checked once."""
+    from ..processing import RefSegProcessor
+
+    directory = resolve_checkpoint(path)
+
+    def load(d: Path) -> Checkpoint:
+        model, cfg = RefSegModel._load_directory(d, map_location=map_location)
+        processor = RefSegProcessor.from_pretrained(d, cfg.model)
+        processor.pad_multiple = model.pad_multiple  # (checkpoints written before processors lack it)
+        return Checkpoint(model, processor, cfg, directory)
+
+    return read_directory(directory, load)

@@ -1,4 +1,8 @@
-"""Segmentation losses: LAVT's weighted cross-entropy, an optional Dice term and deep supervision."""
+"""Segmentation losses: LAVT's weighted cross-entropy, an optional Dice term and deep supervision.
+
+Part of the model (``model.loss``): ``RefSegModel.forward(..., labels=...)`` computes them, so the
+deep-supervision heads and the loss that trains them live in one place.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -23,11 +27,12 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> t
 
 
 class SegmentationLoss(nn.Module):
-    """``loss.*``: CE with class weights [background, object] (LAVT: [0.9, 1.1]) + ``dice_weight`` x
-    Dice, plus ``deep_supervision_weight`` x the same loss on each deep-supervision output.
+    """``model.loss.*``: CE with class weights [background, object] (LAVT: [0.9, 1.1]) + ``dice_weight``
+    x Dice, plus ``deep_supervision_weight`` x the same loss on each deep-supervision output.
 
-    forward(outputs: RefSegOutput with logits (B, 2, H, W) [and deep_logits], labels (B, H, W) long)
-        -> scalar loss (fp32).
+    forward(logits (B, 2, H, W), labels (B, H, W) long, deep_logits: sequence of (B, 2, H, W))
+        -> scalar loss (fp32). No parameters: the class weights are a non-persistent buffer, so the
+        model's state_dict is the same with or without it.
     """
 
     def __init__(self, config: Optional[LossConfig] = None):
@@ -46,9 +51,9 @@ class SegmentationLoss(nn.Module):
             loss = loss + self.dice_weight * dice_loss(logits, labels)
         return loss
 
-    def forward(self, outputs, labels: torch.Tensor) -> torch.Tensor:
-        loss = self.mask_loss(outputs.logits, labels)
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, deep_logits=()) -> torch.Tensor:
+        loss = self.mask_loss(logits, labels)
         if self.deep_supervision_weight:
-            for deep in outputs.deep_logits or ():
+            for deep in deep_logits or ():
                 loss = loss + self.deep_supervision_weight * self.mask_loss(deep, labels)
         return loss
