@@ -34,7 +34,7 @@ import yaml
 from .errors import ConfigError
 from .utils import atomic_write_text
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None):
@@ -132,10 +132,8 @@ class CrossViTConfig:
                                  "vision encoder after every stage")
     patch_size: int = option(16, "the branch's patch size (the vision stream keeps its own)")
     embed_dim: int = option(128, "the branch's width")
-    depth: int = option(1, "the branch's transformer blocks per stage")
+    depth: int = option(1, "the branch's XCiT blocks per stage (XCA: linear in tokens)")
     num_heads: int = option(4, "the branch's attention heads")
-    block: Literal["vit", "xca"] = option(
-        "xca", "the branch's blocks: vit (softmax attention over its tokens, as CrossViT) or xca (linear)")
 
     def __post_init__(self):
         _check_positive(self, "patch_size", "embed_dim", "num_heads")
@@ -700,7 +698,18 @@ def _migrate_1_to_2(data: dict) -> dict:
     return _rename_keys(data)
 
 
-MIGRATIONS = {1: _migrate_1_to_2}  # version -> function bringing a dict to version + 1
+def _migrate_2_to_3(data: dict) -> dict:
+    """``model.crossvit.block`` was removed (vit measured no gain: the branch's blocks are XCA). A config
+    that kept xca, or whose branch is off, loads; one whose branch used vit cannot be rebuilt."""
+    crossvit = (data.get("model") or {}).get("crossvit") or {}
+    block = crossvit.pop("block", "xca")
+    if block != "xca" and crossvit.get("enabled", True):
+        raise ConfigError(f"model.crossvit.block={block!r}: this option was removed (it measured no gain); the run "
+                          f"cannot be rebuilt by this version of refseg")
+    return data
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}  # version -> function bringing a dict to version + 1
 
 
 def migrate(data: dict, version: int) -> dict:
