@@ -10,7 +10,8 @@ sampler sends such keys, so persistent workers need no epoch of their own). Eval
 Items stop at uint8, so that loader workers can feed a GPU: no float work in the workers, training
 masks rasterised at the target size from the polygons, 0.9 MB per 480-px sample instead of the
 4.6 MB of float32 pixels and int64 labels; ``model_inputs`` moves a batch to the device and
-normalises it there (``transforms.normalize_pixels``, bit-identical to the float32 path).
+normalises it there (``transforms.normalize_pixels``, bit-identical to the float32 normalisation the
+workers did before; that path measured no gain and was removed, RESULTS' history, 2026-12-02).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .transforms import encode_text, image_to_uint8, normalize_pixels, polygon_mask, preprocess_image, resize_mask
+from .transforms import encode_text, image_to_uint8, normalize_pixels, polygon_mask, resize_mask
 from .types import Sample, Source
 
 __all__ = ["RefSegDataset", "collate", "model_inputs", "photometric_jitter", "preprocessing", "worker_init"]
@@ -47,14 +48,11 @@ class RefSegDataset(Dataset):
     ``image_resize`` and ``truncation``: the model config's preprocessing (``model.image_resize``,
     ``model.text.truncation``); with ``pil`` (LAVT's) training masks are resized from the original-size
     mask as LAVT does, not rasterised from the polygons.
-    ``uint8=False`` gives the float32 items of before (normalised ``pixel_values``, int64 ``labels``
-    resized from the original-size mask), kept to measure what the uint8 path saves.
     """
 
     def __init__(self, source: Source, split: str, tokenizer, image_size: int, max_tokens: int = 20,
                  train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
-                 seed: int = 0, image_resize: str = "opencv", truncation: str = "sep", uint8: bool = True):
-        self.uint8 = bool(uint8)
+                 seed: int = 0, image_resize: str = "opencv", truncation: str = "sep"):
         self.source = source
         self.seed = int(seed)
         self.epoch: Optional[int] = None
@@ -136,22 +134,17 @@ class RefSegDataset(Dataset):
         try:
             image = self.source.load_image(sample)
             # evaluation keeps the original-size mask (scoring) and resizes it (resized_gt scoring)
-            labels = (self._target_size_mask(sample) if self.uint8 and self.train and self.image_resize == "opencv"
-                      else None)
+            labels = self._target_size_mask(sample) if self.train and self.image_resize == "opencv" else None
             mask = self.source.load_mask(sample) if labels is None else None
             if mask is not None and mask.shape != image.shape[:2]:
                 raise DataError(f"{sample.image_path}: mask {mask.shape} and image {image.shape[:2]} differ "
                                 f"(ref_id {sample.ref_id})")
             if self.augment:
                 image = photometric_jitter(image, rng)
-            if self.uint8:
-                pixel_values = image_to_uint8(image, self.image_size, self.image_resize)
-                if labels is None:
-                    labels = resize_mask(mask, self.image_size, self.image_resize).view(np.uint8)
-                labels = torch.from_numpy(np.ascontiguousarray(labels))
-            else:
-                pixel_values = preprocess_image(image, self.image_size, self.image_resize)
-                labels = torch.from_numpy(resize_mask(mask, self.image_size, self.image_resize).astype(np.int64))
+            pixel_values = image_to_uint8(image, self.image_size, self.image_resize)
+            if labels is None:
+                labels = resize_mask(mask, self.image_size, self.image_resize).view(np.uint8)
+            labels = torch.from_numpy(np.ascontiguousarray(labels))
         except DataError:
             raise
         except (cv2.error, ValueError, OSError) as e:
