@@ -184,3 +184,12 @@ def test_benchmark_at_scale_0_02(tmp_path):
 
     assert re.search(r"\| bytes per sample from a worker +\| 0\.92 MB \(before 4\.61 MB", r.stdout)
     assert re.search(r"\| evaluate\.py, 2 processes vs 1 +\| equal ", r.stdout)
+
+
+def test_loader_figures_on_the_small_set(rs, written):
+    """The loader's cost split and throughput (uint8 items) on the small set, in-process."""
+    root, _ = written
+    lf = rs.loader_figures(root, image_size=64, n=8, workers=(0,), batch_size=4)
+    assert set(lf["uint8_ms"]) == {"decode", "resize", "mask", "tokenise", "item (all of the above)", "collate"}
+    assert all(v > 0 for v in lf["uint8_ms"].values()) and lf["uint8_samples_per_s"]["0"] > 0
+    assert 0 < lf["uint8_bytes_per_sample"] - (3 * 64 * 64 + 64 * 64) <= 2 * 20 * 8  # uint8 planes + mask + text
