@@ -29,8 +29,8 @@ from ..ops import pad_to_multiple
 from ..utils import atomic_directory, read_directory
 from .crossvit import CrossViT
 from .decoder import SimpleDecoder
-from .pwam import PWAM, LanguageGate
 from .encoder import Encoder
+from .pwam import PWAM, LanguageGate
 from .swin import SwinEncoder, load_swin_pretrained
 from .text import TextEncoder, load_tokenizer
 from .xcit import XCiTColumnar, XCiTHierarchical, load_xcit_pretrained

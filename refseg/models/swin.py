@@ -177,7 +177,6 @@ class SwinEncoder(Encoder):
 # Pretrained weights
 # ---------------------------------------------------------------------------------------------
 
-_BUFFERS = ("relative_position_index", "attn_mask")  # recomputed, not loaded
 _CLASSIFIER = ("head.", "norm.")  # the classification head and the final norm (the encoder has neither)
 
 
@@ -202,7 +201,7 @@ def clean_swin_state_dict(sd: dict[str, torch.Tensor], encoder: SwinEncoder) -> 
             raise _mismatch(k, v, own[k])
     sd = checkpoint_filter_fn(sd, encoder)
     sd.update(aside)
-    return {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIER) and k.rsplit(".", 1)[-1] not in _BUFFERS}
+    return {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIER)}
 
 
 def _mismatch(k: str, v: torch.Tensor, own: torch.Tensor) -> ValueError:

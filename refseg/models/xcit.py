@@ -144,6 +144,8 @@ class XCiTColumnar(Encoder):
 
     ``feature_info``: 4 x embed_dim channels at strides 4/8/16/32 (``resample.i``), ``num_heads`` each;
     ``pad_multiple`` 32 (the stride-32 output), ``trunk_multiple`` the patch size.
+    ``forward_intermediates`` (the stages' tokens on the patch grid, before resampling) gives the same
+    values as timm's ``Xcit.forward_intermediates(x, indices=out_indices)`` with the same weights.
     """
 
     supports_prefix_tokens = True
@@ -193,11 +195,8 @@ class XCiTColumnar(Encoder):
         return _embed_tokens(self.patch_embed.proj(x), self.pos_embed)
 
     def forward_blocks(self, i: int, x: torch.Tensor, Hp: int, Wp: int, num_prefix: int = 0) -> torch.Tensor:
-        """The blocks of stage ``i`` on (B, P+Hp*Wp, C), P = ``num_prefix`` prefix tokens first.
-
-        The columnar trunk keeps its grid (no ``downsample``). ``forward_intermediates`` gives the same
-        values as timm's ``Xcit.forward_intermediates(x, indices=out_indices)`` with the same weights.
-        """
+        """The blocks of stage ``i`` on (B, P+Hp*Wp, C), P = ``num_prefix`` prefix tokens first (the
+        columnar trunk keeps its grid: no ``downsample``)."""
         start, end = self.stage_ranges[i]
         for blk in self.blocks[start:end]:
             x = blk(x, Hp, Wp, num_prefix)
