@@ -19,8 +19,9 @@ irregular), so masks and pixels agree. Layout (read by ``ReferSource(<root>, "re
 
 Then it measures, each in a fresh process where memory matters, and prints a table (``--out``: JSON):
 annotation load time and resident memory (``open_source``); ``python -m refseg.data.check``; loader
-throughput at 480 px for 0, 1 and 2 workers with the per-sample cost split, for the uint8 path and
-the float32 path it replaced, and the bytes a sample costs crossing from a worker; evaluation
+throughput at 480 px for 0, 1 and 2 workers with the per-sample cost split (uint8 items; the float32
+path they replaced was removed, its figures are in RESULTS.md), and the bytes a sample costs crossing
+from a worker; evaluation
 throughput and resident-memory growth of a small model over part of val and all of val; one training
 step of configs/refcoco.yaml at batch 2 on the CPU (random weights: XCiT-S12/16 and BERT-base from a
 local directory), its peak memory, and a checkpoint save / load. ``--two-process-eval`` also checks
@@ -32,7 +33,6 @@ that ``accelerate launch --num_processes 2 evaluate.py`` gives the one-process n
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import sys
@@ -543,14 +543,13 @@ def _item_bytes(batch: dict) -> int:
 
 def loader_figures(root: Path, image_size: int = 480, n: int = 240, workers=(0, 1, 2), batch_size: int = 8,
                    text: str = "bundled-minilm") -> dict:
-    """Per-sample cost split and throughput of training items at ``image_size``: the float32 path
-    (normalised in the worker, int64 labels) and the uint8 path (normalised on the device)."""
+    """Per-sample cost split and throughput of training items (uint8, normalised on the device) at ``image_size``."""
     import torch
     from torch.utils.data import DataLoader
 
     from refseg.data.dataset import RefSegDataset, collate, worker_init
     from refseg.data.sources.refer import ReferSource
-    from refseg.data.transforms import encode_text, image_to_uint8, polygon_mask, preprocess_image, resize_mask
+    from refseg.data.transforms import encode_text, image_to_uint8, polygon_mask
     from refseg.models.text import load_tokenizer
 
     threads = cv2.getNumThreads(), torch.get_num_threads()
@@ -566,38 +565,32 @@ def loader_figures(root: Path, image_size: int = 480, n: int = 240, workers=(0, 
         pairs = [(s, src.load_image(s)) for s in samples]
         decode = _per_sample_ms(lambda p: src.load_image(p[0]), pairs)
         tokenise = _per_sample_ms(lambda p: encode_text(tok, p[0].sentence, 20), pairs)
-        out["previous_ms"] = {
-            "decode": decode,
-            "resize+normalise": _per_sample_ms(lambda p: preprocess_image(p[1], S), pairs),
-            "mask": _per_sample_ms(
-                lambda p: torch.from_numpy(resize_mask(src.load_mask(p[0]), S).astype(np.int64)), pairs),
-            "tokenise": tokenise}
         out["uint8_ms"] = {
             "decode": decode,
             "resize": _per_sample_ms(lambda p: image_to_uint8(p[1], S), pairs),
             "mask": _per_sample_ms(lambda p: polygon_mask(src.segmentation(p[0]), p[0].height, p[0].width, S), pairs),
             "tokenise": tokenise}
-        for key, uint8 in (("previous", False), ("uint8", True)):
-            ds = RefSegDataset(src, "train", tok, S, 20, train=True, uint8=uint8)
-            idx = [(0, i) for i in range(min(n, len(ds)))]
-            items = [ds[i] for i in idx]
-            batches = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
-            out[f"{key}_ms"]["item (all of the above)"] = _per_sample_ms(lambda i: ds[i], idx, repeats=1)
-            out[f"{key}_ms"]["collate"] = _per_sample_ms(collate, batches) / batch_size
-            out[f"{key}_bytes_per_sample"] = _item_bytes(collate(batches[0]))
-            rates = {}
-            for nw in workers:
-                loader = DataLoader(ds, batch_sampler=[idx[k:k + batch_size] for k in range(0, len(idx), batch_size)],
-                                    num_workers=nw, collate_fn=collate, worker_init_fn=worker_init if nw else None,
-                                    prefetch_factor=4 if nw else None)
-                it = iter(loader)
-                next(it)  # workers started and warm
-                seen, t0 = 0, time.perf_counter()
-                for batch in it:
-                    seen += batch["pixel_values"].shape[0]
-                rates[str(nw)] = seen / (time.perf_counter() - t0)
-                del it, loader
-            out[f"{key}_samples_per_s"] = rates
+        key = "uint8"
+        ds = RefSegDataset(src, "train", tok, S, 20, train=True)
+        idx = [(0, i) for i in range(min(n, len(ds)))]
+        items = [ds[i] for i in idx]
+        batches = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
+        out[f"{key}_ms"]["item (all of the above)"] = _per_sample_ms(lambda i: ds[i], idx, repeats=1)
+        out[f"{key}_ms"]["collate"] = _per_sample_ms(collate, batches) / batch_size
+        out[f"{key}_bytes_per_sample"] = _item_bytes(collate(batches[0]))
+        rates = {}
+        for nw in workers:
+            loader = DataLoader(ds, batch_sampler=[idx[k:k + batch_size] for k in range(0, len(idx), batch_size)],
+                                num_workers=nw, collate_fn=collate, worker_init_fn=worker_init if nw else None,
+                                prefetch_factor=4 if nw else None)
+            it = iter(loader)
+            next(it)  # workers started and warm
+            seen, t0 = 0, time.perf_counter()
+            for batch in it:
+                seen += batch["pixel_values"].shape[0]
+            rates[str(nw)] = seen / (time.perf_counter() - t0)
+            del it, loader
+        out[f"{key}_samples_per_s"] = rates
         return out
     finally:
         cv2.setNumThreads(threads[0])
@@ -863,12 +856,8 @@ def _table(fig: dict) -> list[tuple[str, str]]:
         ("python -m refseg.data.check", f"{fig['check_s']:.1f} s"),
         ("loader, uint8 path, 1 worker", f"{fig['loader_samples_per_s_per_worker']:.0f} samples/s at "
                                          f"{lf['image_size']} px ({', '.join(f'{k} workers {v:.0f}/s' for k, v in lf['uint8_samples_per_s'].items())})"),
-        ("loader, float32 path (before)", ", ".join(f"{k} workers {v:.0f}/s" for k, v in lf["previous_samples_per_s"].items())),
         ("per sample, uint8 path (ms)", ", ".join(f"{k} {v:.2f}" for k, v in lf["uint8_ms"].items())),
-        ("per sample, float32 path (ms)", ", ".join(f"{k} {v:.2f}" for k, v in lf["previous_ms"].items())),
-        ("bytes per sample from a worker", f"{fig['worker_bytes_per_sample'] / 1e6:.2f} MB (before "
-                                           f"{fig['previous_worker_bytes_per_sample'] / 1e6:.2f} MB: "
-                                           f"{fig['previous_worker_bytes_per_sample'] / fig['worker_bytes_per_sample']:.1f}x)"),
+        ("bytes per sample from a worker", f"{fig['worker_bytes_per_sample'] / 1e6:.2f} MB"),
         ("evaluation, small model", f"{fig['eval_samples_per_s']:.1f} expressions/s over {fig['eval_expressions_large']:,} "
                                     f"(batch {fig['eval']['batch_size']}, {fig['eval']['threads']} threads)"),
         ("eval peak resident growth (fixed mmap threshold)", f"{fig['eval_rss_growth_mb_small']:.0f} MB over {fig['eval_expressions_small']:,} "
@@ -949,7 +938,6 @@ def main(argv=None) -> int:
         fig["loader"] = lf
         fig["loader_samples_per_s_per_worker"] = lf["uint8_samples_per_s"]["1"]
         fig["worker_bytes_per_sample"] = lf["uint8_bytes_per_sample"]
-        fig["previous_worker_bytes_per_sample"] = lf["previous_bytes_per_sample"]
         n_val = meta["splits"]["val"]["expressions"]
         sizes = [max(1, int(n_val * args.eval_small)), n_val]
         say(f"evaluation over {sizes[0]:,} and then {sizes[1]:,} expressions ...")

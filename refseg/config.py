@@ -132,10 +132,8 @@ class CrossViTConfig:
                                  "vision encoder after every stage")
     patch_size: int = option(16, "the branch's patch size (the vision stream keeps its own)")
     embed_dim: int = option(128, "the branch's width")
-    depth: int = option(1, "the branch's transformer blocks per stage")
+    depth: int = option(1, "the branch's XCiT blocks per stage (XCA: linear in tokens)")
     num_heads: int = option(4, "the branch's attention heads")
-    block: Literal["vit", "xca"] = option(
-        "xca", "the branch's blocks: vit (softmax attention over its tokens, as CrossViT) or xca (linear)")
 
     def __post_init__(self):
         _check_positive(self, "patch_size", "embed_dim", "num_heads")
@@ -698,11 +696,14 @@ def _migrate_1_to_2(data: dict) -> dict:
 
 
 def _migrate_2_to_3(data: dict) -> dict:
-    """The losses became part of the model config (the model computes them when given labels).
+    """The model contract (processor -> model -> output) and one encoder protocol.
 
-    ``loss.*`` moved to ``model.loss.*``; ``model.decoder.deep_supervision`` was dropped: the heads
-    exist exactly when ``model.loss.deep_supervision_weight`` is above 0 (a run saved with heads off
-    had weight 0 or was refused, so the weight alone rebuilds the same model).
+    - The losses became part of the model config (the model computes them when given labels):
+      ``loss.*`` moved to ``model.loss.*``; ``model.decoder.deep_supervision`` was dropped: the heads
+      exist exactly when ``model.loss.deep_supervision_weight`` is above 0 (a run saved with heads off
+      had weight 0 or was refused, so the weight alone rebuilds the same model).
+    - ``model.crossvit.block`` was removed (vit measured no gain: the branch's blocks are XCA). A config
+      that kept xca, or whose branch is off, loads; one whose branch used vit cannot be rebuilt.
     """
     model = data.setdefault("model", {})
     loss = data.pop("loss", None) or {}
@@ -710,6 +711,11 @@ def _migrate_2_to_3(data: dict) -> dict:
     if heads is False:
         loss["deep_supervision_weight"] = 0.0
     model["loss"] = {**loss, **(model.get("loss") or {})}
+    crossvit = model.get("crossvit") or {}
+    block = crossvit.pop("block", "xca")
+    if block != "xca" and crossvit.get("enabled", True):
+        raise ConfigError(f"model.crossvit.block={block!r}: this option was removed (it measured no gain); the run "
+                          f"cannot be rebuilt by this version of refseg")
     return data
 
 

@@ -160,3 +160,14 @@ def test_the_walker_resolves_import_forms(tmp_path, text, edge):
     pkg = _write(tmp_path, {"pkg/__init__.py": "", "pkg/sub/__init__.py": "", "pkg/sub/b.py": "",
                             "pkg/other/__init__.py": "", "pkg/other/c.py": text})
     assert import_graph(pkg)["pkg.other.c"] == {edge}
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What a module shares is public: ``from .x import _name`` between refseg's modules is refused."""
+    modules = package_modules(PACKAGE_DIR)
+    found = []
+    for name, path in modules.items():
+        for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("refseg")):
+                found += [f"{name}: {alias.name}" for alias in node.names if alias.name.startswith("_")]
+    assert not found, found

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import TINY_OVERRIDES
 from refseg.config import load_config
-from refseg.data.transforms import encode_text, preprocess_image, resize_mask
+from refseg.data.transforms import encode_text, image_to_uint8, normalize_pixels, resize_mask
 from refseg.engine.evaluate import scoring_precision
 from refseg.engine.schedule import parameter_groups
 from refseg.errors import ConfigError
@@ -71,7 +71,7 @@ def test_pil_resizing_is_lavts_torchvision_pipeline():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (427, 640, 3), dtype=np.uint8)
     mask = rng.random((427, 640)) > 0.5
-    ours = preprocess_image(img, 480, "pil")
+    ours = normalize_pixels(image_to_uint8(img, 480, "pil"))
     pil = Image.fromarray(img)
     lavt = TF.normalize(TF.to_tensor(TF.resize(pil, [480, 480])), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     torch.testing.assert_close(ours, lavt, atol=0, rtol=0)
@@ -79,7 +79,7 @@ def test_pil_resizing_is_lavts_torchvision_pipeline():
                                      interpolation=TF.InterpolationMode.NEAREST)).astype(bool)
     assert np.array_equal(resize_mask(mask, 480, "pil"), lavt_mask)
     # ... and they are real options: OpenCV's bilinear does not anti-alias, the centre-index nearest differs
-    assert (preprocess_image(img, 480, "opencv") - ours).abs().max() > 0.1
+    assert (normalize_pixels(image_to_uint8(img, 480, "opencv")) - ours).abs().max() > 0.1
     assert not np.array_equal(resize_mask(mask, 480, "opencv"), lavt_mask)
 
 

@@ -1,7 +1,8 @@
-"""The uint8 loader path: the same model inputs as the float path, masks at the target size, less IPC.
+"""The uint8 loader: the same model inputs as the float path it replaced, masks at the target size, less IPC.
 
 Workers stop at uint8 (image (3,S,S), mask (S,S)); ``normalize_pixels`` on the device must give
-bit-for-bit the inputs that the float32 numpy normalisation in the workers gave.
+bit-for-bit the inputs that the float32 numpy normalisation in the workers gave (``previous_preprocess``
+and ``previous_item`` below keep that path as the reference).
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from test_refer import ANNS, make_refer_dataset  # noqa: E402
 
 from refseg.data.io import decode_segmentation  # noqa: E402
 from refseg.data.sources.refer import ReferSource  # noqa: E402
-from refseg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, image_to_uint8, normalize_pixels,  # noqa: E402
-                                    polygon_mask, preprocess_image, resize_mask)
+from refseg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, encode_text, image_to_uint8,  # noqa: E402
+                                    normalize_pixels, polygon_mask, resize_mask)
 
 
 def previous_preprocess(image: np.ndarray, size: int) -> torch.Tensor:
@@ -28,6 +29,24 @@ def previous_preprocess(image: np.ndarray, size: int) -> torch.Tensor:
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     x = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def previous_item(ds, index: int) -> dict:
+    """The float32 item the loader gave before the uint8 path (normalised pixels, int64 labels resized
+    from the original-size mask), for the sample and sentence that ``ds[index]`` draws."""
+    if ds.train:
+        group = ds.groups[index]
+        sample = ds.samples[group[int(ds._rng(index, ds.epoch).integers(len(group)))]]
+        text = sample.sentence
+    else:
+        sample, text = ds.samples[index], ds.text(index)
+    image, mask = ds.source.load_image(sample), ds.source.load_mask(sample)
+    ids, attn = encode_text(ds.tokenizer, text, ds.max_tokens, ds.truncation)
+    item = {"pixel_values": previous_preprocess(image, ds.image_size), "input_ids": ids[0], "attention_mask": attn[0],
+            "labels": torch.from_numpy(resize_mask(mask, ds.image_size).astype(np.int64)), "index": index}
+    if not ds.train:
+        item["target"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
+    return item
 
 
 @pytest.mark.parametrize("shape,size", [((480, 640), 480), ((640, 427), 480), ((37, 53), 32), ((64, 64), 64)])
@@ -42,7 +61,6 @@ def test_device_normalisation_is_bit_identical(shape, size):
     new = normalize_pixels(u8)
     assert new.dtype == torch.float32 and new.shape == old.shape
     assert torch.equal(new, old)  # exact: no tolerance
-    assert torch.equal(preprocess_image(image, size), old)
     # a batch normalised at once equals the per-sample inputs
     batch = normalize_pixels(torch.stack([u8, u8.flip(-1)]))
     assert torch.equal(batch[0], old) and torch.equal(batch[1], previous_preprocess(image[:, ::-1].copy(), size))
@@ -113,12 +131,10 @@ def test_uint8_items_give_the_float_items_model_inputs(toy, tokenizer, train):
     from refseg.data.dataset import RefSegDataset, collate
 
     S = 40
-    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=train, uint8=False)
-    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=train)  # uint8 is the default
-    for ds in (old, new):
-        ds.set_epoch(1)
-    for i in range(len(old)):
-        a, b = old[i], new[i]
+    new = RefSegDataset(toy, "train", tokenizer, S, 12, train=train)
+    new.set_epoch(1)
+    for i in range(len(new)):
+        a, b = previous_item(new, i), new[i]
         assert b["pixel_values"].dtype == torch.uint8 and b["labels"].dtype == torch.uint8
         assert torch.equal(normalize_pixels(b["pixel_values"]), a["pixel_values"])
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["attention_mask"], b["attention_mask"])
@@ -165,9 +181,9 @@ def test_worker_collate_in_shared_memory_and_bytes(toy, tokenizer):
         return sum(v.numel() * v.element_size() for k, v in item.items()
                    if isinstance(v, torch.Tensor) and k in ("pixel_values", "labels", "input_ids", "attention_mask"))
 
-    old = RefSegDataset(toy, "train", tokenizer, S, 12, train=True, uint8=False)
     new = RefSegDataset(toy, "train", tokenizer, S, 12, train=True)
-    assert nbytes(old[0]) >= 4 * nbytes(new[0])
+    new.set_epoch(0)
+    assert nbytes(previous_item(new, 0)) >= 4 * nbytes(new[0])
 
 
 def test_processor_to_device_normalises_the_uint8_batch(toy, tokenizer):

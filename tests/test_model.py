@@ -168,7 +168,7 @@ def test_crossvit_switch(tok):
     with torch.no_grad():
         logits = off(torch.randn(1, 3, 61, 97), ids, mask).logits
     assert off.upsample_logits(logits, (61, 97)).shape == (1, 2, 61, 97)
-    on = build_model(_cfg("model.crossvit.block=xca", "model.crossvit.patch_size=32")).eval()
+    on = build_model(_cfg("model.crossvit.patch_size=32")).eval()
     assert on.pad_multiple == 32 and any("crossvit" in n for n, _ in on.named_parameters())
     with torch.no_grad():
         assert on(torch.randn(1, 3, 61, 97), ids, mask).logits.shape == (1, 2, 64 // 4, 128 // 4)

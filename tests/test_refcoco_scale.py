@@ -145,7 +145,7 @@ def test_decode_rates_runs(rs, written):
 
 
 REQUIRED_KEYS = {"image_dir", "loader_samples_per_s_per_worker", "decode_only_samples_per_s", "worker_bytes_per_sample",
-                 "previous_worker_bytes_per_sample", "eval_expressions_small", "eval_rss_growth_mb_small",
+                 "eval_expressions_small", "eval_rss_growth_mb_small",
                  "eval_expressions_large", "eval_rss_growth_mb_large", "annotation_load_s", "annotation_rss_mb",
                  "check_s", "train_step_s", "train_peak_rss_mb", "checkpoint_save_s", "checkpoint_mb"}
 TINY = ["model.vision.name=xcit_nano_12_p8", "model.vision.embed_dim=32", "model.vision.depth=4",
@@ -171,8 +171,7 @@ def test_benchmark_at_scale_0_02(tmp_path):
     fig = json.loads(out.read_text())
     assert REQUIRED_KEYS <= set(fig)
     assert Path(fig["image_dir"]).is_dir() and len(list(Path(fig["image_dir"]).glob("*.jpg"))) == 400
-    # uint8 image + uint8 mask + text vs float32 image + int64 mask + text, at 480 px
-    assert fig["previous_worker_bytes_per_sample"] >= 4 * fig["worker_bytes_per_sample"]
+    # uint8 image + uint8 mask + text, at 480 px
     assert 0 < fig["worker_bytes_per_sample"] - (3 * 480 * 480 + 480 * 480) <= 2 * 20 * 8  # + ids and mask
     assert fig["eval_expressions_large"] == 217 and fig["eval_expressions_large"] >= 2 * fig["eval_expressions_small"]
     assert fig["eval_two_process_equal"] and fig["eval_two_process"]["num_samples"] == 217
@@ -185,3 +184,12 @@ def test_benchmark_at_scale_0_02(tmp_path):
 
     assert re.search(r"\| bytes per sample from a worker +\| 0\.92 MB \(before 4\.61 MB", r.stdout)
     assert re.search(r"\| evaluate\.py, 2 processes vs 1 +\| equal ", r.stdout)
+
+
+def test_loader_figures_on_the_small_set(rs, written):
+    """The loader's cost split and throughput (uint8 items) on the small set, in-process."""
+    root, _ = written
+    lf = rs.loader_figures(root, image_size=64, n=8, workers=(0,), batch_size=4)
+    assert set(lf["uint8_ms"]) == {"decode", "resize", "mask", "tokenise", "item (all of the above)", "collate"}
+    assert all(v > 0 for v in lf["uint8_ms"].values()) and lf["uint8_samples_per_s"]["0"] > 0
+    assert 0 < lf["uint8_bytes_per_sample"] - (3 * 64 * 64 + 64 * 64) <= 2 * 20 * 8  # uint8 planes + mask + text

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 
+from refseg.models.crossvit import CrossViT
 from refseg.models.swin import SwinBlock, SwinEncoder, load_swin_pretrained, swin_variant_args
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # widths 16/32/64/128
@@ -59,14 +60,14 @@ def test_stage_api_shapes(size, maps):
         assert t.shape == (1, H * W, 16) and (H, W) == maps[0]
         fmaps = []
         for i in range(4):
-            t, (H, W), cls = enc.forward_stage(i, t, H, W)
-            assert cls is None and (H, W) == maps[i] and t.shape == (1, H * W, enc.out_channels[i])
+            t, (H, W) = enc.forward_stage(i, t, H, W)
+            assert (H, W) == maps[i] and t.shape == (1, H * W, enc.out_channels[i])
             fmaps.append(enc.stage_output(i, t, H, W))
-        for a, b in zip(fmaps, enc.forward_intermediates(x)):
+        for a, b in zip(fmaps, enc.forward_intermediates(x, intermediates_only=True)):
             assert a.shape == b.shape
             torch.testing.assert_close(a, b, atol=0, rtol=0)
-    with pytest.raises(ValueError, match="CrossViT"):
-        enc.forward_stage(0, t, H, W, cls=torch.zeros(1, 1, 16))
+    with pytest.raises(ValueError, match="CrossViT branch needs an XCiT encoder"):
+        CrossViT(enc)
 
 
 def test_backward_at_odd_size():
@@ -89,12 +90,12 @@ def test_timm_file_loads_and_matches_timm_where_the_orders_agree(tmp_path):
     x = torch.randn(2, 3, 384, 384)
     with torch.no_grad():
         ref = ref_model.forward_intermediates(x, intermediates_only=True)
-        out = enc.forward_intermediates(x)
+        out = enc.forward_intermediates(x, intermediates_only=True)
     for a, b, s in zip(ref, out, (96, 48, 24, 12)):
         assert b.shape[-2:] == (s, s)
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     with torch.no_grad():  # a randomly initialised encoder is really different
-        other = tiny_encoder().forward_intermediates(x)
+        other = tiny_encoder().forward_intermediates(x, intermediates_only=True)
     assert (other[3] - ref[3]).abs().max() > 1e-2
 
 

@@ -56,14 +56,14 @@ def test_pretrained_file_loads_and_matches_timm(timm_xcit, tmp_path, fmt):
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref = timm_xcit.forward_intermediates(x, indices=[3, 5, 7, 11], intermediates_only=True)
-        out = enc.forward_intermediates(x)
+        out = enc.forward_intermediates(x, intermediates_only=True)
     assert len(out) == 4
     for a, b in zip(ref, out):
         assert a.shape == b.shape == (2, 128, 4, 6)
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     # and a randomly initialised encoder is really different
     with torch.no_grad():
-        other = XCiTColumnar("xcit_nano_12_p16").eval().forward_intermediates(x)
+        other = XCiTColumnar("xcit_nano_12_p16").eval().forward_intermediates(x, intermediates_only=True)
     assert (other[3] - ref[3]).abs().max() > 1e-2
 
 
@@ -113,8 +113,8 @@ def test_columnar_stage_strides(patch):
     t, (Hp, Wp) = enc.embed(x)
     assert (Hp, Wp) == (64 // patch, 96 // patch) and t.shape == (1, Hp * Wp, 32)
     for i, s in enumerate(enc.out_strides):
-        t, hw, cls = enc.forward_stage(i, t, Hp, Wp)
-        assert hw == (Hp, Wp) and cls is None
+        t, hw = enc.forward_stage(i, t, Hp, Wp)
+        assert hw == (Hp, Wp)
         assert enc.stage_output(i, t, Hp, Wp).shape == (1, 32, 64 // s, 96 // s)
 
 
@@ -128,16 +128,17 @@ def test_columnar_resample_module_names():
                             "resample.1.weight", "resample.1.bias"])
 
 
-def test_hierarchical_stages_and_cls():
+def test_hierarchical_stages_and_prefix_tokens():
     enc = XCiTHierarchical(dims=[16, 32, 32, 64], depths=[1, 1, 1, 1], heads=[1, 2, 2, 4]).eval()
     x = torch.randn(2, 3, 64, 96)
-    feats = enc.forward_intermediates(x)
+    feats = enc.forward_intermediates(x, intermediates_only=True)
     assert [f.shape for f in feats] == [(2, c, 64 // s, 96 // s) for c, s in zip([16, 32, 32, 64], [4, 8, 16, 32])]
     t, (H, W) = enc.embed(x)
-    cls = torch.randn(2, 1, 32)
-    t, (H, W), _ = enc.forward_stage(0, t, H, W)
-    t2, (H, W), cls2 = enc.forward_stage(1, t, H, W, cls)
-    assert cls2.shape == (2, 1, 32) and t2.shape == (2, H * W, 32)
+    t, (H, W) = enc.forward_stage(0, t, H, W)
+    t, (H, W) = enc.downsample(1, t, H, W)  # a stage is patch merging, then blocks that may carry a CLS
+    assert (H, W) == (8, 12) and t.shape == (2, H * W, 32)
+    out = enc.forward_blocks(1, torch.cat([torch.randn(2, 1, 32), t], 1), H, W, num_prefix=1)
+    assert out.shape == (2, 1 + H * W, 32)
 
 
 def test_prefix_block_matches_timm_and_carries_cls():

@@ -10,8 +10,9 @@ sampler sends such keys, so persistent workers need no epoch of their own). Eval
 Items stop at uint8, so that loader workers can feed a GPU: no float work in the workers, training
 masks rasterised at the target size from the polygons, 0.9 MB per 480-px sample instead of the
 4.6 MB of float32 pixels and int64 labels; the processor's ``to_device`` moves a batch to the device
-and normalises it there (bit-identical to the float32 path). Images and expressions are prepared by
-the model's ``RefSegProcessor`` (``refseg.processing``), the one place that preprocesses.
+and normalises it there (bit-identical to the float32 normalisation the workers did before; that path
+measured no gain and was removed, RESULTS' history, 2026-12-02). Images and expressions are prepared
+by the model's ``RefSegProcessor`` (``refseg.processing``), the one place that preprocesses.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .transforms import polygon_mask, preprocess_image, resize_mask
+from .transforms import polygon_mask, resize_mask
 from .types import Sample, Source
 
 __all__ = ["RefSegDataset", "collate", "photometric_jitter", "worker_init"]
@@ -42,19 +43,16 @@ class RefSegDataset(Dataset):
     truncation; a bare tokenizer with ``image_size``, ``max_tokens``, ``image_resize`` and ``truncation``
     builds one); with ``image_resize`` ``pil`` (LAVT's) training masks are resized from the
     original-size mask as LAVT does, not rasterised from the polygons.
-    ``uint8=False`` gives the float32 items of before (normalised ``pixel_values``, int64 ``labels``
-    resized from the original-size mask), kept to measure what the uint8 path saves.
     """
 
     def __init__(self, source: Source, split: str, processor, image_size: Optional[int] = None,
                  max_tokens: int = 20, train: bool = False, augment: bool = False, max_samples: Optional[int] = None,
-                 seed: int = 0, image_resize: str = "opencv", truncation: str = "sep", uint8: bool = True):
+                 seed: int = 0, image_resize: str = "opencv", truncation: str = "sep"):
         if not hasattr(processor, "encode_text"):  # a bare tokenizer: the processor of these settings
             from ..processing import RefSegProcessor
             if image_size is None:
                 raise ValueError("RefSegDataset: give a RefSegProcessor, or a tokenizer and image_size")
             processor = RefSegProcessor(processor, image_size, image_resize, max_tokens, truncation)
-        self.uint8 = bool(uint8)
         self.source = source
         self.seed = int(seed)
         self.epoch: Optional[int] = None
@@ -135,22 +133,17 @@ class RefSegDataset(Dataset):
         try:
             image = self.source.load_image(sample)
             # evaluation keeps the original-size mask (scoring) and resizes it (resized_gt scoring)
-            labels = (self._target_size_mask(sample) if self.uint8 and self.train and self.image_resize == "opencv"
-                      else None)
+            labels = self._target_size_mask(sample) if self.train and self.image_resize == "opencv" else None
             mask = self.source.load_mask(sample) if labels is None else None
             if mask is not None and mask.shape != image.shape[:2]:
                 raise DataError(f"{sample.image_path}: mask {mask.shape} and image {image.shape[:2]} differ "
                                 f"(ref_id {sample.ref_id})")
             if self.augment:
                 image = photometric_jitter(image, rng)
-            if self.uint8:
-                pixel_values = self.processor.image_to_uint8(image)
-                if labels is None:
-                    labels = resize_mask(mask, self.image_size, self.image_resize).view(np.uint8)
-                labels = torch.from_numpy(np.ascontiguousarray(labels))
-            else:
-                pixel_values = preprocess_image(image, self.image_size, self.image_resize)
-                labels = torch.from_numpy(resize_mask(mask, self.image_size, self.image_resize).astype(np.int64))
+            pixel_values = self.processor.image_to_uint8(image)
+            if labels is None:
+                labels = resize_mask(mask, self.image_size, self.image_resize).view(np.uint8)
+            labels = torch.from_numpy(np.ascontiguousarray(labels))
         except DataError:
             raise
         except (cv2.error, ValueError, OSError) as e:

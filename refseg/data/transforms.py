@@ -1,7 +1,7 @@
 """Image / mask / text preprocessing shared by training, evaluation and the Predictor.
 
 One function each, so a model sees exactly the same input at train, eval and demo time. Loader
-workers can stop at uint8 (``image_to_uint8``, ``polygon_mask``): the float work then happens on the
+workers stop at uint8 (``image_to_uint8``, ``polygon_mask``): the float work then happens on the
 device (``normalize_pixels``), and a 480-px sample crosses from a worker in 0.9 MB instead of 4.6 MB.
 """
 from __future__ import annotations
@@ -16,11 +16,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 RESIZE_METHODS = ("opencv", "pil")  # model.image_resize
-
-
-def preprocess_image(image: np.ndarray, size: int, method: str = "opencv") -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float tensor (3, size, size) (LAVT: square resize)."""
-    return normalize_pixels(image_to_uint8(image, size, method))
 
 
 def image_to_uint8(image: np.ndarray, size: int, method: str = "opencv") -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""CrossViT branch: a second token stream at another patch size, fused with the XCiT stream by CLS exchange.
+"""CrossViT: an XCiT encoder wrapped with a second token stream at another patch size, fused by CLS exchange.
 
 CrossViT (Chen et al. 2021) cross-attention fusion, per stage boundary, between stream A (XCiT,
 width C_i) and stream B (this branch, width D)::
@@ -9,25 +9,28 @@ width C_i) and stream B (this branch, width D)::
 (proj/revert = LayerNorm + GELU + Linear, CrossAttn = timm ``CrossAttentionBlock``; both directions
 read the streams before the update, as in CrossViT). One query over N tokens: linear in tokens.
 
-The XCiT stream has no CLS of its own: this branch owns one (``xcit_cls_token``) that travels
-through the XCA blocks with the patch tokens. What comes back reaches the XCiT patch tokens through
+``CrossViT`` is itself an ``Encoder`` (``refseg.models.encoder``): it drives the wrapped encoder's
+stages (``embed``, ``downsample``, ``forward_blocks``) in its ``forward_fused`` and adds the second
+stream, so no encoder knows about CLS tokens. The XCiT stream has no CLS of its own: the wrapper owns
+one (``xcit_cls_token``) that travels through the XCA blocks as a prefix token with the patch tokens. What comes back reaches the XCiT patch tokens through
 XCA's covariance (weak) and a zero-initialised projection added to every token
 (``tokens_A += inject(cls_A')``), so the branch starts as a no-op on the patch tokens and learns how
 much to contribute. After the last stage B's CLS is not used, so the last exchange only updates A.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+from typing import Optional
 
 import torch
 from torch import nn
 from timm.layers import trunc_normal_
 from timm.models.crossvit import CrossAttentionBlock
-from timm.models.vision_transformer import Block
 from timm.models.xcit import PositionalEncodingFourier
 
 from ..config import CrossViTConfig
-from .xcit import XCABlockWithPrefix, make_xca_block
+from .encoder import Encoder, Fuse
+from .xcit import make_xca_block
 
 def _proj(din: int, dout: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(din), nn.GELU(), nn.Linear(din, dout))
@@ -58,34 +61,35 @@ class CLSExchange(nn.Module):
         return new_a, cls_b
 
 
-class CrossViTBranch(nn.Module):
-    """The second stream and its exchanges with the XCiT stream.
+class CrossViT(Encoder):
+    """An encoder whose blocks carry prefix tokens (XCiT), wrapped with CrossViT's second stream.
 
     Args:
-        xcit_dims, xcit_heads: the XCiT stream's width and heads per stage (4 each).
+        encoder: the wrapped ``Encoder`` (``supports_prefix_tokens``: XCiTColumnar or XCiTHierarchical).
+            It is not a submodule here: the model owns it as ``encoder`` (state-dict keys ``encoder.*``,
+            this module's ``crossvit.*``), so ``.to()`` / ``state_dict`` of a CrossViT alone leave it out.
         config: ``model.crossvit``: ``patch_size`` (this stream's, linear patch embedding as CrossViT),
-            ``embed_dim``, ``depth`` (blocks per stage), ``num_heads``, ``block``: "vit" (timm ViT
-            ``Block``, softmax self-attention over this stream's tokens, as CrossViT) or "xca" (XCiT
-            blocks: linear in tokens).
+            ``embed_dim``, ``depth`` (XCA blocks per stage: linear in tokens), ``num_heads``.
         mlp_ratio, drop_path_rate: of this stream's blocks.
 
-    Use (see ``RefSegModel.forward_features``)::
-
-        tb, hwb = branch.embed(x)              # (B, 1+Hb*Wb, D) with CLS first
-        cls = branch.xcit_cls(B)               # (B, 1, C_0): the XCiT stream's CLS
-        per stage i: cls = branch.xcit_cls_to_stage(i, cls); <XCiT stage i with cls>;
-                     tb = branch.forward_stage(i, tb, hwb)
-                     tokens, cls, tb = branch.exchange(i, tokens, cls, tb)
+    ``feature_info`` is the wrapped encoder's; ``pad_multiple`` the least common multiple of its and
+    ``patch_size``. ``forward_fused(x, fuse)`` runs, per stage i: the XCiT CLS carried to stage i's
+    width, the encoder's patch merging, its blocks with the CLS as a prefix token, this stream's
+    blocks, the CLS exchange, then ``fuse``.
     """
 
-    def __init__(self, xcit_dims: Sequence[int], xcit_heads: Sequence[int], config: Optional[CrossViTConfig] = None,
+    def __init__(self, encoder: Encoder, config: Optional[CrossViTConfig] = None,
                  mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
         super().__init__()
+        if not encoder.supports_prefix_tokens:
+            raise ValueError(f"model.crossvit: the CrossViT branch needs an XCiT encoder, not "
+                             f"{type(encoder).__name__} (its blocks cannot carry the CLS token)")
+        self._wrapped = (encoder,)  # a tuple: not registered as a submodule (see the class docstring)
+        self.feature_info = [dict(f) for f in encoder.feature_info]
         config = config or CrossViTConfig()  # validated there: widths, heads, depth
-        patch_size, embed_dim, depth, num_heads, block = (config.patch_size, config.embed_dim, config.depth,
-                                                          config.num_heads, config.block)
-        xcit_dims, xcit_heads = list(xcit_dims), list(xcit_heads)
-        self.patch_size, self.embed_dim, self.block_type = patch_size, embed_dim, block
+        patch_size, embed_dim, depth, num_heads = config.patch_size, config.embed_dim, config.depth, config.num_heads
+        xcit_dims, xcit_heads = encoder.out_channels, encoder.stage_heads
+        self.patch_size, self.embed_dim = patch_size, embed_dim
         self.patch_embed = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.pos_embed = PositionalEncodingFourier(dim=embed_dim)  # any grid size, like the XCiT stream
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -93,13 +97,9 @@ class CrossViTBranch(nn.Module):
         self.xcit_cls_proj = nn.ModuleList([
             nn.Identity() if i == 0 or xcit_dims[i] == xcit_dims[i - 1] else nn.Linear(xcit_dims[i - 1], xcit_dims[i])
             for i in range(4)])
-        if block == "vit":
-            def make():
-                return Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=drop_path_rate)
-        else:
-            def make():
-                return make_xca_block(embed_dim, num_heads, drop_path=drop_path_rate, mlp_ratio=mlp_ratio)
-        self.stages = nn.ModuleList([nn.ModuleList([make() for _ in range(depth)]) for _ in range(4)])
+        self.stages = nn.ModuleList([
+            nn.ModuleList([make_xca_block(embed_dim, num_heads, drop_path=drop_path_rate, mlp_ratio=mlp_ratio)
+                           for _ in range(depth)]) for _ in range(4)])
         self.exchanges = nn.ModuleList([
             CLSExchange(xcit_dims[i], embed_dim, xcit_heads[i], num_heads, update_b=i < 3) for i in range(4)])
         self.inject = nn.ModuleList([nn.Linear(xcit_dims[i], xcit_dims[i]) for i in range(4)])
@@ -115,7 +115,42 @@ class CrossViTBranch(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    @property
+    def encoder(self) -> Encoder:
+        """The wrapped encoder."""
+        return self._wrapped[0]
+
+    @property
+    def pad_multiple(self) -> int:
+        return math.lcm(self.encoder.pad_multiple, self.patch_size)
+
+    @property
+    def trunk_multiple(self) -> int:
+        return math.lcm(self.encoder.trunk_multiple, self.patch_size)
+
+    def stage_output(self, i: int, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        return self.encoder.stage_output(i, x, H, W)
+
+    def forward_fused(self, x: torch.Tensor, fuse: Optional[Fuse] = None,
+                      num_stages: Optional[int] = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """As ``Encoder.forward_fused``, both streams: ``fuse`` sees the XCiT patch tokens after the exchange."""
+        enc = self.encoder
+        tokens, (H, W) = enc.embed(x)
+        tb, hwb = self.embed_branch(x)
+        cls = self.xcit_cls(x.shape[0])
+        for i in range(len(self.feature_info) if num_stages is None else num_stages):
+            cls = self.xcit_cls_to_stage(i, cls)
+            tokens, (H, W) = enc.downsample(i, tokens, H, W)
+            t = enc.forward_blocks(i, torch.cat([cls.to(tokens.dtype), tokens], dim=1), H, W, num_prefix=1)
+            cls, tokens = t[:, :1], t[:, 1:]
+            tb = self.forward_branch(i, tb, hwb)
+            tokens, cls, tb = self.exchange(i, tokens, cls, tb)
+            if fuse is not None:
+                tokens = fuse(i, tokens, (H, W))
+        return tokens, (H, W)
+
+    # -- the second stream and the exchanges --------------------------------------------------------
+    def embed_branch(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B,3,H,W), sides multiples of patch_size -> tokens (B, 1+Hb*Wb, D) (CLS first), (Hb, Wb)."""
         t = self.patch_embed(x)
         Hb, Wb = t.shape[-2:]
@@ -131,10 +166,10 @@ class CrossViTBranch(nn.Module):
         """Carry the XCiT CLS (B,1,C_{i-1}) to stage i's width (identity when widths match)."""
         return self.xcit_cls_proj[i](cls)
 
-    def forward_stage(self, i: int, tb: torch.Tensor, hwb: tuple[int, int]) -> torch.Tensor:
+    def forward_branch(self, i: int, tb: torch.Tensor, hwb: tuple[int, int]) -> torch.Tensor:
         """This stream's blocks of stage i: (B, 1+Hb*Wb, D) -> same."""
         for blk in self.stages[i]:
-            tb = blk(tb, hwb[0], hwb[1], 1) if isinstance(blk, XCABlockWithPrefix) else blk(tb)
+            tb = blk(tb, hwb[0], hwb[1], 1)
         return tb
 
     def exchange(self, i: int, tokens: torch.Tensor, cls: torch.Tensor, tb: torch.Tensor):

@@ -22,7 +22,6 @@ Checkpoint directory (``save_pretrained`` / ``from_pretrained``; a local path or
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,11 @@ from transformers.utils import ModelOutput
 from ..config import ModelConfig, RunConfig, load_run_config
 from ..errors import CheckpointError, ConfigError, first_line
 from ..hub import CONFIG_FILE, MODEL_CARD, TEXT_DIR, WEIGHTS_FILE, checkpoint_directory, resolve_checkpoint
-
 from ..ops import pad_to_multiple
 from ..utils import atomic_directory, read_directory
-from .crossvit import CrossViTBranch
+from .crossvit import CrossViT
 from .decoder import SimpleDecoder
+from .encoder import Encoder
 from .losses import SegmentationLoss
 from .pwam import PWAM, LanguageGate
 from .swin import SwinEncoder, load_swin_pretrained
@@ -79,8 +78,9 @@ def _model_config(config: Union[ModelConfig, RunConfig]) -> ModelConfig:
     return config.model if isinstance(config, RunConfig) else config
 
 
-def build_encoder(config: Union[ModelConfig, RunConfig], load_pretrained: bool = True) -> nn.Module:
-    """The vision encoder named by ``config.vision``, with ``vision.pretrained`` loaded if set."""
+def build_encoder(config: Union[ModelConfig, RunConfig], load_pretrained: bool = True) -> Encoder:
+    """The vision encoder named by ``config.vision``, with ``vision.pretrained`` loaded if set (without the
+    CrossViT wrapper: ``RefSegModel`` adds it)."""
     v = _model_config(config).vision
     if v.arch == "xcit_columnar":
         enc = XCiTColumnar(v.name, embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads,
@@ -130,17 +130,16 @@ class RefSegModel(nn.Module):
         # No gate after the last stage: nothing consumes V + S*F there (LAVT computes it and drops it).
         self.gates = nn.ModuleList([LanguageGate(d) for d in dims[:3]])
         self.norms = nn.ModuleList([nn.LayerNorm(d) for d in dims])
-        self.crossvit = (CrossViTBranch(dims, self.encoder.stage_heads, m.crossvit) if m.crossvit.enabled else None)
+        # CrossViT wraps the encoder (and drives its stages); the model owns both, so the state-dict keys
+        # stay encoder.* and crossvit.*
+        self.crossvit = CrossViT(self.encoder, m.crossvit) if m.crossvit.enabled else None
         self.decoder = SimpleDecoder(dims, m.decoder)
         # Deep supervision: mask logits from the decoder's stride-16 and stride-8 maps, so the coarse
         # stages, where objects are chosen, get a direct gradient. Only the loss reads them.
         self.deep_heads = (nn.ModuleList([nn.Conv2d(m.decoder.hidden_dim, 2, 1) for _ in range(2)])
                            if m.loss.deep_supervision_weight > 0 else None)
         self.criterion = SegmentationLoss(m.loss)  # no parameters, no state_dict entries
-        mult = self.encoder.pad_multiple
-        if self.crossvit is not None:
-            mult = mult * self.crossvit.patch_size // math.gcd(mult, self.crossvit.patch_size)
-        self.pad_multiple = mult
+        self.pad_multiple = (self.encoder if self.crossvit is None else self.crossvit).pad_multiple
 
     # -- forward --------------------------------------------------------------------------------
     def forward_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
@@ -156,19 +155,11 @@ class RefSegModel(nn.Module):
         """(stage maps, PWAM attentions or None, gate magnitudes or None); see ``RefSegOutput``."""
         words = self.text_encoder(input_ids, attention_mask)  # (B, T, Dt)
         x = pad_to_multiple(pixel_values, self.pad_multiple)
-        tokens, (H, W) = self.encoder.embed(x)
-        cls = tb = hwb = None
-        if self.crossvit is not None:
-            tb, hwb = self.crossvit.embed(x)
-            cls = self.crossvit.xcit_cls(x.shape[0])
         feats, attentions, gates = [], [], []
-        for i in range(4):
-            if cls is not None:
-                cls = self.crossvit.xcit_cls_to_stage(i, cls)
-            tokens, (H, W), cls = self.encoder.forward_stage(i, tokens, H, W, cls)
-            if self.crossvit is not None:
-                tb = self.crossvit.forward_stage(i, tb, hwb)
-                tokens, cls, tb = self.crossvit.exchange(i, tokens, cls, tb)
+
+        def fuse(i: int, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+            """After stage i: PWAM_i, the stage's map for the decoder, and V + gate_i(F_i) * F_i for stage i+1."""
+            H, W = hw
             if output_attentions:
                 fused, attn = self.pwams[i].forward_with_attention(tokens, (H, W), words, attention_mask)
                 attentions.append(attn.transpose(-2, -1).reshape(*attn.shape[:2], -1, H, W))  # (B, h, T, H, W)
@@ -180,6 +171,10 @@ class RefSegModel(nn.Module):
                     gates.append(gate.abs().float().mean(-1).reshape(-1, H, W))
                 tokens = tokens + gate * fused
             feats.append(self.encoder.stage_output(i, self.norms[i](fused), H, W))
+            return tokens
+
+        # the stage loop: the encoder's, or CrossViT's driving it
+        (self.encoder if self.crossvit is None else self.crossvit).forward_fused(x, fuse)
         if not output_attentions:
             return feats, None, None
         return feats, tuple(attentions), tuple(gates)

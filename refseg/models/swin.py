@@ -12,29 +12,30 @@ and 30x30 maps, but not on 15x15, the stride-32 map of a 480 px input: there tim
 wraps rows 0-2 of the map around to rows 6-14, LAVT's holds zero padding instead. The window is also
 never shrunk to the map (timm shrinks it, and drops the shift, for maps up to the window's size).
 
-Stage-wise API (as ``refseg.models.xcit``)::
+Stage-wise API (the ``Encoder`` protocol of ``refseg.models.encoder``)::
 
     tokens, (H, W) = enc.embed(x)                               # x (B,3,H,W), any size
     for i in range(4):
-        tokens, (H, W), _ = enc.forward_stage(i, tokens, H, W)  # (B, H_i*W_i, C_i); merging first for i > 0
+        tokens, (H, W) = enc.forward_stage(i, tokens, H, W)     # (B, H_i*W_i, C_i); merging first for i > 0
         fmap = enc.stage_output(i, tokens, H, W)                # (B, C_i, H_i, W_i), H_i = ceil(H / 4 / 2**i)
 
-There is no final norm: the language-fused model normalises each stage's PWAM output itself.
+There is no final norm: the language-fused model normalises each stage's PWAM output itself. The
+blocks take no prefix tokens, so the CrossViT wrapper (which sends a CLS through them) needs XCiT.
 """
 from __future__ import annotations
 
 import logging
-import re
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import PatchEmbed, calculate_drop_path_rates, resize_rel_pos_bias_table
-from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
+from timm.layers import PatchEmbed, calculate_drop_path_rates
+from timm.models.swin_transformer import (PatchMerging, SwinTransformerBlock, checkpoint_filter_fn, window_partition,
+                                          window_reverse)
 
 from ..config import SWIN_NAME
-from .xcit import OUT_STRIDES, XCiTHierarchical, _init_linear, _read_state_dict, _short, _tokens_to_map
+from .encoder import Encoder, init_linear, read_state_dict, stage_info, strip_ddp_prefix, summarize_keys
 
 logger = logging.getLogger("refseg")
 
@@ -110,7 +111,7 @@ class SwinStage(nn.Module):
         return x
 
 
-class SwinEncoder(nn.Module):
+class SwinEncoder(Encoder):
     """Swin Transformer trunk (no classifier, no final norm) with LAVT's padding, any input size.
 
     Args:
@@ -120,8 +121,8 @@ class SwinEncoder(nn.Module):
         drop_path_rate: stochastic depth rising linearly from 0 over all blocks to this (LAVT: 0.3).
         mlp_ratio: MLP width over the block width.
 
-    Attributes: ``out_channels`` (C, 2C, 4C, 8C), ``out_strides`` [4, 8, 16, 32], ``stage_heads``,
-    ``pad_multiple`` (1: any size; the patch embedding and patch merging pad as LAVT's do).
+    ``feature_info``: C, 2C, 4C, 8C channels at strides 4/8/16/32 (``layers.i``); ``pad_multiple`` 1:
+    any size (the patch embedding and patch merging pad as LAVT's do).
     """
 
     def __init__(self, name: str = "swin_base", embed_dim: Optional[int] = None, depths: Optional[Sequence[int]] = None,
@@ -147,11 +148,12 @@ class SwinEncoder(nn.Module):
         self.layers = nn.ModuleList([
             SwinStage(dims[max(i - 1, 0)], dims[i], depths[i], heads[i], window_size, dpr[i], downsample=i > 0,
                       mlp_ratio=mlp_ratio) for i in range(4)])
-        _init_linear(self)  # timm's and LAVT's init: truncated-normal Linear weights, zero biases
-        self.out_channels = dims
-        self.out_strides = list(OUT_STRIDES)
-        self.stage_heads = heads
-        self.pad_multiple = 1
+        init_linear(self)  # timm's and LAVT's init: truncated-normal Linear weights, zero biases
+        self.feature_info = stage_info(dims, heads, [f"layers.{i}" for i in range(4)])
+
+    @property
+    def pad_multiple(self) -> int:
+        return 1
 
     # -- stage-wise API -----------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -160,51 +162,51 @@ class SwinEncoder(nn.Module):
         B, Hp, Wp, C = x.shape
         return x.reshape(B, Hp * Wp, C), (Hp, Wp)
 
-    def forward_stage(self, i: int, x: torch.Tensor, H: int, W: int, cls: Optional[torch.Tensor] = None):
+    def forward_stage(self, i: int, x: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """Stage ``i`` on tokens (B, H*W, C_{i-1}): patch merging (i > 0, odd sides padded), then its blocks.
 
-        Returns (tokens (B, H_i*W_i, C_i), (H_i, W_i), None). ``cls`` must be None (CrossViT needs XCiT).
+        Returns (tokens (B, H_i*W_i, C_i), (H_i, W_i)); ``stage_output`` is a plain reshape (already at
+        stride 4 * 2**i), so ``forward`` gives maps (B, C_i, ceil(H/4/2**i), ceil(W/4/2**i)).
         """
-        if cls is not None:
-            raise ValueError("model.crossvit: the CrossViT branch needs an XCiT encoder, not Swin")
         x = self.layers[i](x.reshape(x.shape[0], H, W, x.shape[-1]))
         B, H, W, C = x.shape
-        return x.reshape(B, H * W, C), (H, W), None
-
-    def stage_output(self, i: int, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """Tokens (B, H_i*W_i, C_i) -> (B, C_i, H_i, W_i) (already at stride 4 * 2**i)."""
-        return _tokens_to_map(x, H, W)
-
-    # (B,3,H,W) -> the 4 stage outputs (B, C_i, ceil(H/4/2**i), ceil(W/4/2**i)), no fusion: the
-    # hierarchical XCiT's stage loop (its padding to pad_multiple = 1 is a no-op here).
-    forward_intermediates = XCiTHierarchical.forward_intermediates
-    forward = forward_intermediates
+        return x.reshape(B, H * W, C), (H, W)
 
 
 # ---------------------------------------------------------------------------------------------
 # Pretrained weights
 # ---------------------------------------------------------------------------------------------
 
-_BUFFERS = ("relative_position_index", "attn_mask")  # recomputed, not loaded
 _CLASSIFIER = ("head.", "norm.")  # the classification head and the final norm (the encoder has neither)
 
 
-def clean_swin_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm or original-release Swin state dict -> this encoder's key names.
+def clean_swin_state_dict(sd: dict[str, torch.Tensor], encoder: SwinEncoder) -> dict[str, torch.Tensor]:
+    """timm or original-release Swin state dict -> this encoder's key names and window.
 
-    Strips ``module.``, drops buffers, the head and the final norm, and renumbers the original
-    release's patch merging (at the end of stage i) to timm's place (the start of stage i + 1).
+    Strips ``module.``, then timm's ``checkpoint_filter_fn``: drops the buffers, renumbers the original
+    release's patch merging (at the end of stage i) to timm's place (the start of stage i + 1) and
+    resizes relative-position tables of another window (``resize_rel_pos_bias_table``). Drops the head
+    and the final norm. A table whose head count differs raises ValueError naming the key; one for a
+    block the encoder lacks is passed through unchanged (reported as unexpected).
     """
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items() if torch.is_tensor(v)}
-    original = "layers.0.downsample.reduction.weight" in sd
-    out = {}
-    for k, v in sd.items():
-        if k.startswith(_CLASSIFIER) or k.rsplit(".", 1)[-1] in _BUFFERS:
+    sd = strip_ddp_prefix(sd)
+    own = encoder.state_dict()
+    aside = {}
+    for k, v in list(sd.items()):
+        if not k.endswith("relative_position_bias_table"):
             continue
-        if original:
-            k = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k)
-        out[k] = v
-    return out
+        if k not in own:  # timm's filter would look for the block to resize to
+            aside[k] = sd.pop(k)
+        elif v.shape != own[k].shape and (v.ndim != 2 or v.shape[1] != own[k].shape[1]):
+            raise _mismatch(k, v, own[k])
+    sd = checkpoint_filter_fn(sd, encoder)
+    sd.update(aside)
+    return {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIER)}
+
+
+def _mismatch(k: str, v: torch.Tensor, own: torch.Tensor) -> ValueError:
+    return ValueError(f"model.vision.pretrained: shape mismatch for '{k}': checkpoint {tuple(v.shape)} vs "
+                      f"model {tuple(own.shape)} (check model.vision.name / embed_dim / depths / num_heads)")
 
 
 def load_swin_pretrained(encoder: SwinEncoder, spec: str) -> dict[str, list[str]]:
@@ -215,21 +217,17 @@ def load_swin_pretrained(encoder: SwinEncoder, spec: str) -> dict[str, list[str]
     Logs the fraction of the encoder's tensors loaded verbatim. Returns {"loaded", "resized",
     "missing", "unexpected"}: lists of keys.
     """
-    sd = clean_swin_state_dict(_read_state_dict(spec))
+    sd = strip_ddp_prefix(read_state_dict(spec))
+    raw = {k: tuple(v.shape) for k, v in sd.items()}
+    sd = clean_swin_state_dict(sd, encoder)
     own = encoder.state_dict()
     loaded, resized = [], []
     for k, v in sd.items():
         if k not in own:
             continue
-        if own[k].shape == v.shape:
-            loaded.append(k)
-        elif k.endswith("relative_position_bias_table") and v.ndim == 2 and v.shape[1] == own[k].shape[1]:
-            win = encoder.get_submodule(k.rsplit(".", 1)[0]).window_size
-            sd[k] = resize_rel_pos_bias_table(v, new_window_size=win, new_bias_shape=own[k].shape)
-            resized.append(k)
-        else:
-            raise ValueError(f"model.vision.pretrained: shape mismatch for '{k}': checkpoint {tuple(v.shape)} vs "
-                             f"model {tuple(own[k].shape)} (check model.vision.name / embed_dim / depths / num_heads)")
+        if own[k].shape != v.shape:
+            raise _mismatch(k, v, own[k])
+        (resized if k.endswith("relative_position_bias_table") and raw.get(k) != tuple(v.shape) else loaded).append(k)
     if not loaded:
         raise ValueError(f"model.vision.pretrained: '{spec}' has no Swin weights (no key matches patch_embed./layers.)")
     missing = sorted(set(own) - set(loaded) - set(resized))
@@ -237,7 +235,7 @@ def load_swin_pretrained(encoder: SwinEncoder, spec: str) -> dict[str, list[str]
     encoder.load_state_dict({k: sd[k] for k in loaded + resized}, strict=False)
     report = (f"Swin weights '{spec}': {len(loaded)}/{len(own)} encoder tensors loaded verbatim"
               + (f", {len(resized)} relative-position tables resized to window {encoder.window_size}" if resized else "")
-              + (f"; {len(missing)} missing {_short(missing)}" if missing else "")
-              + (f"; {len(unexpected)} unexpected keys ignored {_short(unexpected)}" if unexpected else ""))
+              + (f"; {len(missing)} missing {summarize_keys(missing)}" if missing else "")
+              + (f"; {len(unexpected)} unexpected keys ignored {summarize_keys(unexpected)}" if unexpected else ""))
     (logger.warning if missing or unexpected or resized else logger.info)(report)
     return {"loaded": loaded, "resized": resized, "missing": missing, "unexpected": unexpected}

@@ -1,6 +1,7 @@
 """XCiT encoders built from timm's XCiT blocks, with a stage-wise API for language fusion.
 
-Two encoders share one interface so the LAVT-style model can fuse language *between* stages:
+Two ``Encoder``s (``refseg.models.encoder``: the protocol, timm's ``feature_info``) so the LAVT-style
+model can fuse language *between* stages:
 
 - ``XCiTColumnar``: a timm XCiT trunk (``patch_embed``, ``pos_embed``, ``blocks.N`` named exactly as
   in timm, so timm / official checkpoints load) cut into 4 stages at ``out_indices``; each stage's
@@ -8,12 +9,15 @@ Two encoders share one interface so the LAVT-style model can fuse language *betw
 - ``XCiTHierarchical``: a Swin-like pyramid (conv stem to stride 4, patch merging between stages)
   with XCA blocks in every stage, trained from scratch.
 
-Stage-wise API (both encoders)::
+Stage-wise API (both encoders; see ``refseg.models.encoder``)::
 
     tokens, (Hp, Wp) = enc.embed(x)                      # x (B,3,H,W), H and W multiples of enc.pad_multiple
     for i in range(4):
-        tokens, (Hp, Wp), cls = enc.forward_stage(i, tokens, Hp, Wp, cls)   # (B,N_i,C_i); cls (B,1,C_i) or None
+        tokens, (Hp, Wp) = enc.forward_stage(i, tokens, Hp, Wp)   # (B,N_i,C_i)
         fmap = enc.stage_output(i, tokens, Hp, Wp)       # (B,C_i,H/s_i,W/s_i), s_i = enc.out_strides[i]
+
+Their blocks carry prefix tokens (``forward_blocks(..., num_prefix)``), which is how the CrossViT
+wrapper (``refseg.models.crossvit``) sends its CLS token through them.
 
 Everything here is linear in the number of pixels: XCA attends over channels, LPI and the
 resampling are convolutions.
@@ -23,16 +27,15 @@ from __future__ import annotations
 import logging
 import re
 from functools import partial
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from timm.layers import Attention, trunc_normal_
-from timm.models.xcit import ConvPatchEmbed, PositionalEncodingFourier, XCABlock, conv3x3
+from timm.layers import Attention
+from timm.models.xcit import ConvPatchEmbed, PositionalEncodingFourier, XCABlock, checkpoint_filter_fn, conv3x3
 
-from ..errors import first_line
-from ..ops import pad_to_multiple
+from .encoder import STRIDES, Encoder, init_linear, read_state_dict, stage_info, strip_ddp_prefix, summarize_keys, \
+    tokens_to_map
 
 logger = logging.getLogger("refseg")
 
@@ -42,7 +45,7 @@ _XCIT_SIZES = {"micro": (96, 4), "nano": (128, 4), "tiny": (192, 4), "small": (3
                "large": (768, 16)}
 _XCIT_NAME = re.compile(r"xcit_(micro|nano|tiny|small|medium|large)_(\d+)_p(8|16)(?:_(?:224|384))?(?:\.[\w]+)?")
 ATTENTION_TYPES = ("xca", "global")
-OUT_STRIDES = [4, 8, 16, 32]  # XCiT's dense-prediction backbones; the hierarchical encoder's stages
+OUT_STRIDES = list(STRIDES)  # XCiT's dense-prediction backbones; the hierarchical encoder's stages
 
 
 def xcit_variant_args(name: str) -> dict:
@@ -107,15 +110,6 @@ def make_xca_block(dim: int, num_heads: int, eta: float = 1.0, drop_path: float 
     return blk
 
 
-def _init_linear(module: nn.Module) -> None:
-    """timm XCiT init: truncated-normal Linear weights, zero biases."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
 def _resampler(dim: int, patch: int, stride: int) -> nn.Module:
     """Map (B, dim, H/patch, W/patch) to stride ``stride``: transposed convs up, identity, max-pool down."""
     def up2():
@@ -137,12 +131,7 @@ def _embed_tokens(x: torch.Tensor, pos_embed: PositionalEncodingFourier) -> tupl
     return x.flatten(2).transpose(1, 2) + pos.to(x.dtype), (Hp, Wp)
 
 
-def _tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W)."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)
-
-
-class XCiTColumnar(nn.Module):
+class XCiTColumnar(Encoder):
     """A timm XCiT trunk cut into 4 stages; stage outputs resampled to strides 4/8/16/32.
 
     Args:
@@ -153,9 +142,13 @@ class XCiTColumnar(nn.Module):
         drop_path_rate: stochastic depth, constant over blocks (as timm's XCiT).
         attention: "xca" (default) or "global" (softmax attention over tokens; benchmarks only).
 
-    Attributes: ``out_channels`` (4 x embed_dim), ``out_strides``, ``stage_heads``,
-    ``patch_size``, ``pad_multiple`` (32: input sides must be multiples of it for ``embed``).
+    ``feature_info``: 4 x embed_dim channels at strides 4/8/16/32 (``resample.i``), ``num_heads`` each;
+    ``pad_multiple`` 32 (the stride-32 output), ``trunk_multiple`` the patch size.
+    ``forward_intermediates`` (the stages' tokens on the patch grid, before resampling) gives the same
+    values as timm's ``Xcit.forward_intermediates(x, indices=out_indices)`` with the same weights.
     """
+
+    supports_prefix_tokens = True
 
     def __init__(self, name: str = "xcit_micro_6_p8", embed_dim: Optional[int] = None, depth: Optional[int] = None,
                  num_heads: Optional[int] = None, patch_size: Optional[int] = None,
@@ -185,64 +178,33 @@ class XCiTColumnar(nn.Module):
         self.pos_embed = PositionalEncodingFourier(dim=dim)
         self.blocks = nn.ModuleList([make_xca_block(dim, heads, eta=args["eta"], drop_path=drop_path_rate,
                                                     attention=attention) for _ in range(depth)])
-        _init_linear(self.blocks)
+        init_linear(self.blocks)
 
         # Resampling to strides 4/8/16/32 (XCiT semantic-segmentation backbone's fpn1..4); strides
         # coarser than the patch are max-pooled.
         self.resample = nn.ModuleList([_resampler(dim, patch, s) for s in OUT_STRIDES])
+        self.feature_info = stage_info([dim] * 4, [heads] * 4, [f"resample.{i}" for i in range(4)])
 
-        self.out_channels = [dim] * 4
-        self.out_strides = list(OUT_STRIDES)
-        self.stage_heads = [heads] * 4
-        self.pad_multiple = 32
+    @property
+    def trunk_multiple(self) -> int:
+        return self.patch_size
 
     # -- stage-wise API -----------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B,3,H,W) image -> patch tokens (B, Hp*Wp, C) with Fourier positions added, and (Hp, Wp)."""
         return _embed_tokens(self.patch_embed.proj(x), self.pos_embed)
 
-    def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
-        """Run the blocks of stage ``i`` on tokens (B, Hp*Wp, C); an optional CLS (B,1,C) goes along.
-
-        Returns (tokens (B, Hp*Wp, C), (Hp, Wp), cls or None). The columnar trunk keeps its grid.
-        """
+    def forward_blocks(self, i: int, x: torch.Tensor, Hp: int, Wp: int, num_prefix: int = 0) -> torch.Tensor:
+        """The blocks of stage ``i`` on (B, P+Hp*Wp, C), P = ``num_prefix`` prefix tokens first (the
+        columnar trunk keeps its grid: no ``downsample``)."""
         start, end = self.stage_ranges[i]
-        npf = 0
-        if cls is not None:
-            x, npf = torch.cat([cls.to(x.dtype), x], dim=1), 1
         for blk in self.blocks[start:end]:
-            x = blk(x, Hp, Wp, npf)
-        if cls is not None:
-            cls, x = x[:, :1], x[:, 1:]
-        return x, (Hp, Wp), cls
+            x = blk(x, Hp, Wp, num_prefix)
+        return x
 
     def stage_output(self, i: int, x: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
         """Tokens (B, Hp*Wp, C) of stage ``i`` -> map (B, C, H/s_i, W/s_i) at stride ``out_strides[i]``."""
-        return self.resample[i](_tokens_to_map(x, Hp, Wp))
-
-    # -- plain (language-free) use ---------------------------------------------------------------
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The 4 raw stage outputs (B, C, Hp, Wp) at blocks ``out_indices``, before resampling.
-
-        Same values as timm's ``Xcit.forward_intermediates(x, indices=out_indices)`` with the same weights.
-        """
-        x = pad_to_multiple(x, self.patch_size)
-        t, (Hp, Wp) = self.embed(x)
-        outs = []
-        for i in range(4):
-            t, _, _ = self.forward_stage(i, t, Hp, Wp)
-            outs.append(_tokens_to_map(t, Hp, Wp).contiguous())
-        return outs
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B,3,H,W) -> 4 maps (B, C, H'/s, W'/s), s = 4, 8, 16, 32, H' = H padded to a multiple of 32."""
-        x = pad_to_multiple(x, self.pad_multiple)
-        t, (Hp, Wp) = self.embed(x)
-        outs = []
-        for i in range(4):
-            t, _, _ = self.forward_stage(i, t, Hp, Wp)
-            outs.append(self.stage_output(i, t, Hp, Wp))
-        return outs
+        return self.resample[i](tokens_to_map(x, Hp, Wp))
 
     def trunk_state_dict_keys(self) -> list[str]:
         return [k for k in self.state_dict() if k.startswith(("patch_embed.", "pos_embed.", "blocks."))]
@@ -265,7 +227,7 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x)), (H // 2, W // 2)
 
 
-class XCiTHierarchical(nn.Module):
+class XCiTHierarchical(Encoder):
     """Swin-like XCiT pyramid: conv stem to stride 4, XCA blocks per stage, patch merging between stages.
 
     Args:
@@ -273,8 +235,11 @@ class XCiTHierarchical(nn.Module):
         drop_path_rate: stochastic depth, constant over blocks.
         attention: "xca" or "global" (benchmarks only).
 
-    Stage i works at stride 4 * 2**i with ``dims[i]`` channels; ``stage_output`` is a plain reshape.
+    Stage i works at stride 4 * 2**i with ``dims[i]`` channels (``feature_info``: module ``stages.i``);
+    ``stage_output`` is a plain reshape.
     """
+
+    supports_prefix_tokens = True
 
     def __init__(self, dims: Sequence[int] = (64, 128, 256, 512), depths: Sequence[int] = (2, 2, 4, 2),
                  heads: Sequence[int] = (2, 4, 8, 16), drop_path_rate: float = 0.0, attention: str = "xca"):
@@ -292,48 +257,22 @@ class XCiTHierarchical(nn.Module):
         self.stages = nn.ModuleList([
             nn.ModuleList([make_xca_block(dims[i], heads[i], drop_path=drop_path_rate, attention=attention)
                            for _ in range(depths[i])]) for i in range(4)])
-        _init_linear(self)
-        self.out_channels = dims
-        self.out_strides = list(OUT_STRIDES)
-        self.stage_heads = heads
-        self.pad_multiple = 32
+        init_linear(self)
+        self.feature_info = stage_info(dims, heads, [f"stages.{i}" for i in range(4)])
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B,3,H,W) -> stride-4 tokens (B, H/4*W/4, dims[0]) with Fourier positions, and (H/4, W/4)."""
         return _embed_tokens(self.patch_embed(x), self.pos_embed)
 
-    def forward_stage(self, i: int, x: torch.Tensor, Hp: int, Wp: int, cls: Optional[torch.Tensor] = None):
-        """Stage ``i``: patch merging (i > 0) then its XCA blocks.
+    def downsample(self, i: int, x: torch.Tensor, Hp: int, Wp: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch merging before stage ``i`` > 0: (B, Hp*Wp, dims[i-1]) -> (B, Hp/2*Wp/2, dims[i])."""
+        return self.downsamples[i](x, Hp, Wp) if i > 0 else (x, (Hp, Wp))
 
-        x: (B, Hp*Wp, dims[i-1]) (dims[0] for i = 0); cls: optional (B, 1, dims[i]) - already at the
-        stage's width. Returns (tokens (B, N_i, dims[i]), (H_i, W_i), cls or None).
-        """
-        if i > 0:
-            x, (Hp, Wp) = self.downsamples[i](x, Hp, Wp)
-        npf = 0
-        if cls is not None:
-            x, npf = torch.cat([cls.to(x.dtype), x], dim=1), 1
+    def forward_blocks(self, i: int, x: torch.Tensor, Hp: int, Wp: int, num_prefix: int = 0) -> torch.Tensor:
+        """Stage ``i``'s XCA blocks on (B, P+Hp*Wp, dims[i]), P = ``num_prefix`` prefix tokens first."""
         for blk in self.stages[i]:
-            x = blk(x, Hp, Wp, npf)
-        if cls is not None:
-            cls, x = x[:, :1], x[:, 1:]
-        return x, (Hp, Wp), cls
-
-    def stage_output(self, i: int, x: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
-        """Tokens (B, H_i*W_i, C_i) -> (B, C_i, H_i, W_i) (already at stride 4 * 2**i)."""
-        return _tokens_to_map(x, Hp, Wp)
-
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The 4 stage outputs (B, C_i, H/s_i, W/s_i) with no fusion."""
-        x = pad_to_multiple(x, self.pad_multiple)
-        t, (Hp, Wp) = self.embed(x)
-        outs = []
-        for i in range(4):
-            t, (Hp, Wp), _ = self.forward_stage(i, t, Hp, Wp)
-            outs.append(_tokens_to_map(t, Hp, Wp).contiguous())
-        return outs
-
-    forward = forward_intermediates
+            x = blk(x, Hp, Wp, num_prefix)
+        return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,59 +280,15 @@ class XCiTHierarchical(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
-    """A local .safetensors/.pth file, or a timm tag downloaded through timm."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                sd = load_file(str(path))
-            else:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt / foreign file
-            raise ValueError(f"model.vision.pretrained: cannot read '{spec}': {first_line(e)}") from None
-        for key in ("model", "state_dict", "model_state"):
-            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
-                break
-        if not isinstance(sd, dict):
-            raise ValueError(f"model.vision.pretrained: '{spec}' holds no state dict")
-        return sd
-    looks_like_path = any(s in spec for s in ("/", "\\")) or path.suffix in (".pth", ".pt", ".bin", ".safetensors")
-    if looks_like_path or not spec.startswith("xcit_"):
-        raise ValueError(f"model.vision.pretrained: file not found: '{spec}'")
-    import timm
-    arch, dot, tag = spec.partition(".")
-    if not timm.is_model(arch) and timm.is_model(arch + "_224"):  # xcit_small_12_p16 -> xcit_small_12_p16_224
-        arch += "_224"
-    if not timm.is_model(arch):
-        raise ValueError(f"model.vision.pretrained: '{spec}' is neither a file nor a timm XCiT model "
-                         f"(e.g. xcit_small_12_p16_384.fb_dist_in1k)")
-    try:
-        model = timm.create_model(arch + dot + tag, pretrained=True)
-    except Exception as e:
-        raise ValueError(f"model.vision.pretrained: cannot get timm weights '{spec}' ({first_line(e)}); "
-                         f"offline? pass a local .safetensors/.pth file instead") from None
-    return model.state_dict()
-
-
-def clean_xcit_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def clean_xcit_state_dict(sd: dict[str, torch.Tensor], encoder: XCiTColumnar) -> dict[str, torch.Tensor]:
     """timm or official (facebookresearch) XCiT state dict -> trunk keys only.
 
-    Strips ``module.``, renames the official ``pos_embeder.`` to ``pos_embed.``, and drops the
-    classification parts (cls_attn_blocks, head, cls_token, final norm).
+    Strips ``module.``, applies timm's ``checkpoint_filter_fn`` (the official ``pos_embeder.`` becomes
+    ``pos_embed.``), and drops the classification parts (cls_attn_blocks, head, cls_token, final norm).
     """
-    out = {}
-    for k, v in sd.items():
-        if not torch.is_tensor(v):
-            continue
-        k = k[len("module."):] if k.startswith("module.") else k
-        k = k.replace("pos_embeder.", "pos_embed.")
-        if k.startswith(("cls_attn_blocks.", "head.", "head_dist.", "norm.")) or k == "cls_token":
-            continue
-        out[k] = v
-    return out
+    sd = checkpoint_filter_fn(strip_ddp_prefix(sd), encoder)
+    return {k: v for k, v in sd.items()
+            if not (k.startswith(("cls_attn_blocks.", "head.", "head_dist.", "norm.")) or k == "cls_token")}
 
 
 def load_xcit_pretrained(encoder: XCiTColumnar, spec: str) -> dict[str, list[str]]:
@@ -402,7 +297,7 @@ def load_xcit_pretrained(encoder: XCiTColumnar, spec: str) -> dict[str, list[str
     Returns {"missing": [...], "unexpected": [...]} (also logged as a warning when non-empty).
     A shape mismatch raises ValueError naming the key; a file with no matching key raises too.
     """
-    sd = clean_xcit_state_dict(_read_state_dict(spec))
+    sd = clean_xcit_state_dict(read_state_dict(spec), encoder)
     own = encoder.state_dict()
     trunk = set(encoder.trunk_state_dict_keys())
     for k, v in sd.items():
@@ -417,23 +312,8 @@ def load_xcit_pretrained(encoder: XCiTColumnar, spec: str) -> dict[str, list[str
     encoder.load_state_dict({k: sd[k] for k in matched}, strict=False)
     if missing or unexpected:
         logger.warning("XCiT weights '%s': %d trunk keys missing %s; %d unexpected keys ignored %s", spec,
-                       len(missing), _short(missing), len(unexpected), _short(unexpected))
+                       len(missing), summarize_keys(missing), len(unexpected), summarize_keys(unexpected))
     else:
         logger.info("XCiT weights '%s': all %d trunk tensors loaded", spec, len(matched))
     return {"missing": missing, "unexpected": unexpected}
 
-
-def _short(keys: list[str], n: int = 5) -> str:
-    """Readable summary of state-dict keys: block indices as ranges, the rest listed (up to n)."""
-    blocks = sorted({int(k.split(".")[1]) for k in keys if re.match(r"blocks\.\d+\.", k)})
-    parts = []
-    if blocks:
-        ranges, start = [], blocks[0]
-        for a, b in zip(blocks, blocks[1:] + [None]):
-            if b != a + 1:
-                ranges.append(f"blocks.{start}" if a == start else f"blocks.{start}-{a}")
-                start = b
-        parts.append(", ".join(ranges))
-    rest = [k for k in keys if not re.match(r"blocks\.\d+\.", k)]
-    parts += rest[:n] + (["..."] if len(rest) > n else [])
-    return "[" + ", ".join(parts) + "]"
