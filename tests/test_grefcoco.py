@@ -473,3 +473,50 @@ def test_predictions_bad_input(tmp_path, capsys):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(preds / "0.png")
     assert "0.png: mask is 5x5" in fails("--predictions", preds, "--dataset", "grefcoco", "--data-root", root,
                                          "--split", "train", "--no-progress")
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate() with a model on a generalized dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def test_engine_evaluate_scores_generalized_data(gtoy, tmp_path):
+    import torch
+    from torch import nn
+
+    from refseg.data.dataset import RefSegDataset
+    from refseg.engine.evaluate import evaluate
+    from refseg.models.refseg_model import RefSegOutput
+    from refseg.models.text import load_tokenizer
+
+    tok = load_tokenizer("bundled-minilm")
+    quiet = [tok.convert_tokens_to_ids(w) for w in ("dog", "both")]
+
+    class EmptyOnCue(nn.Module):
+        """Every pixel is the object, unless the expression says "dog" or "both" (then the mask is empty)."""
+
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, pixel_values, input_ids, attention_mask):
+            B, _, h, w = pixel_values.shape
+            cue = torch.zeros(B, dtype=torch.bool)
+            for t in quiet:
+                cue |= (input_ids == t).any(1)
+            out = torch.zeros(B, 2, h, w)
+            out[:, 1] = torch.where(cue, -1.0, 1.0).view(B, 1, 1)
+            return RefSegOutput(logits=out + self.p)
+
+    ds = RefSegDataset(gtoy, "val", tok, 32, 12, train=False)
+    r = evaluate(EmptyOnCue(), ds, batch_size=2, progress=False)
+    gt = independent_gt(tmp_path, "grefcoco", "grefs(unc).json")
+    pairs = []
+    for s in ds.samples:
+        empty = "dog" in s.sentence or "both" in s.sentence
+        pairs.append((np.full((H, W), not empty), gt[s.sent_id][0], gt[s.sent_id][1]))
+    ref = rela_scores(pairs)
+    assert ref["N_acc"] == 100 and ref["T_acc"] == 75  # the cues hit what the test means them to
+    for key, v in ref.items():
+        assert r[key] == pytest.approx(v), key
+    assert (r["num_no_target"], r["num_multi_target"]) == (1, 4)
