@@ -131,7 +131,8 @@ def _main_predictions(args) -> int:
     data.name = args.dataset
     data.root = args.data_root or "data"
     data.split_by = args.split_by or default_split_by(args.dataset)
-    _ensure_synthetic(data, progress=not args.no_progress)
+    if not (Path(data.root).expanduser() / data.name).exists():  # the synthetic ones: written with the defaults
+        _ensure_synthetic(data, progress=not args.no_progress)
     if not is_hf_export(data.name) and not Path(data.root).expanduser().is_dir():
         raise UserError(f"data root not found: {data.root} (use --data-root; see docs/DATA.md)")
     source = open_source(data)
