@@ -251,12 +251,14 @@ def format_table(results: Mapping[str, Any], title: str = "split") -> str:
 
 
 def format_per_type(results: Mapping[str, Any]) -> str:
-    """``type  mIoU`` lines for results that carry ``per_type``; empty string otherwise."""
+    """``type  mIoU`` lines (``gIoU`` for generalized results) for results that carry ``per_type``;
+    empty string otherwise."""
     per = results.get("per_type") or {}
     if not per:
         return ""
     w = max(len(t) for t in per)
-    return "\n".join(f"  {t:<{w}}  mIoU {v:6.2f}" for t, v in per.items())
+    name = "gIoU" if "gIoU" in results else "mIoU"
+    return "\n".join(f"  {t:<{w}}  {name} {v:6.2f}" for t, v in per.items())
 
 
 def _cell(v) -> str:
