@@ -480,21 +480,16 @@ def test_predictions_bad_input(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_engine_evaluate_scores_generalized_data(gtoy, tmp_path):
+def _empty_on_cue(tok):
+    """A model: every pixel is the object, unless the expression says "dog" or "both" (an empty mask)."""
     import torch
     from torch import nn
 
-    from refseg.data.dataset import RefSegDataset
-    from refseg.engine.evaluate import evaluate
     from refseg.models.refseg_model import RefSegOutput
-    from refseg.models.text import load_tokenizer
 
-    tok = load_tokenizer("bundled-minilm")
     quiet = [tok.convert_tokens_to_ids(w) for w in ("dog", "both")]
 
     class EmptyOnCue(nn.Module):
-        """Every pixel is the object, unless the expression says "dog" or "both" (then the mask is empty)."""
-
         def __init__(self):
             super().__init__()
             self.p = nn.Parameter(torch.zeros(()))
@@ -508,8 +503,17 @@ def test_engine_evaluate_scores_generalized_data(gtoy, tmp_path):
             out[:, 1] = torch.where(cue, -1.0, 1.0).view(B, 1, 1)
             return RefSegOutput(logits=out + self.p)
 
+    return EmptyOnCue()
+
+
+def test_engine_evaluate_scores_generalized_data(gtoy, tmp_path):
+    from refseg.data.dataset import RefSegDataset
+    from refseg.engine.evaluate import evaluate
+    from refseg.models.text import load_tokenizer
+
+    tok = load_tokenizer("bundled-minilm")
     ds = RefSegDataset(gtoy, "val", tok, 32, 12, train=False)
-    r = evaluate(EmptyOnCue(), ds, batch_size=2, progress=False)
+    r = evaluate(_empty_on_cue(tok), ds, batch_size=2, progress=False)
     gt = independent_gt(tmp_path, "grefcoco", "grefs(unc).json")
     pairs = []
     for s in ds.samples:
@@ -520,3 +524,45 @@ def test_engine_evaluate_scores_generalized_data(gtoy, tmp_path):
     for key, v in ref.items():
         assert r[key] == pytest.approx(v), key
     assert (r["num_no_target"], r["num_multi_target"]) == (1, 4)
+
+
+def test_cli_checkpoint_on_generalized_data_equals_its_masks_as_predictions(tmp_path, monkeypatch, capsys):
+    import yaml
+    from accelerate.state import AcceleratorState
+
+    from refseg.models.text import load_tokenizer
+
+    root = make_grefcoco_dataset(tmp_path / "data")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"name": "grefcoco", "root": str(root), "split_by": "unc", "num_workers": 0},
+        "model": {"image_size": 32, "text": {"max_tokens": 12}}, "eval": {"batch_size": 4}}))
+    tok = load_tokenizer("bundled-minilm")
+    cli = _load_cli()
+    monkeypatch.setattr(cli, "_load_model", lambda path: (_empty_on_cue(tok), tok))
+    try:
+        out = tmp_path / "ckpt.json"
+        assert cli.main(["--checkpoint", str(ckpt), "--split", "val", "--out", str(out), "--no-progress"]) == 0
+    finally:
+        AcceleratorState._reset_state(True)
+    got = json.loads(out.read_text())
+    assert {"gIoU", "cIoU", "N_acc", "T_acc", "num_samples", "num_no_target", "num_multi_target"} <= set(got)
+    assert "by number of targets (val)" in capsys.readouterr().out
+    # the same masks written as PNGs score the same through --predictions
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    src = GReferSource(root, "grefcoco", "unc")
+    for s in src.samples("val"):
+        empty = "dog" in s.sentence or "both" in s.sentence
+        Image.fromarray(np.full((H, W), 0 if empty else 255, np.uint8)).save(preds / f"{s.sent_id}.png")
+    out2 = tmp_path / "preds.json"
+    assert cli.main(["--predictions", str(preds), "--dataset", "grefcoco", "--data-root", str(root), "--split", "val",
+                     "--out", str(out2), "--no-progress"]) == 0
+    again = json.loads(out2.read_text())
+    assert got["T_acc"] == 75 and got["N_acc"] == 100  # the cues did what the test means them to
+    for k in ("gIoU", "cIoU", "N_acc", "T_acc", "Pr@0.7", "Pr@0.8", "Pr@0.9", "num_samples", "num_no_target",
+              "num_multi_target"):
+        assert again[k] == pytest.approx(got[k]), k
+    for g in got["by_targets"]:
+        assert again["by_targets"][g]["gIoU"] == pytest.approx(got["by_targets"][g]["gIoU"])
