@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="refcoco | refcoco+ | refcocog | refshapes | grefcoco | grefshapes "
                                                    "| a refer- or gRefCOCO-layout folder name | an HF export path "
                                                    "(default: the checkpoint's dataset)")
-    p.add_argument("--split-by", default=None, help="unc | umd | google (default: umd for refcocog, else unc)")
+    p.add_argument("--split-by", default=None, help="unc | umd | google (default: umd for refcocog, the dataset's "
+                                                    "own for refshapes / grefshapes, else unc)")
     p.add_argument("--split", required=True, help="val | testA | testB | test | ... | all (every split but train)")
     p.add_argument("--out", default=None, help="write the results as JSON to this file (replaced if it exists)")
     p.add_argument("--shuffle-text", action="store_true", help="pair each image with another object's expression")
