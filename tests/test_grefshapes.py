@@ -149,3 +149,15 @@ def test_ensure_is_deterministic_and_regenerates_on_change(written, tmp_path):
     assert _digest(other) == before  # a pure function of the parameters
     cfg2 = SimpleNamespace(root=str(tmp_path), refshapes=SimpleNamespace(**{**TINY, "seed": 4}))
     assert _digest(G.ensure_grefshapes(cfg2, progress=False)) != before
+
+
+def test_preview_draws_the_union_of_the_objects(written, tmp_path):
+    import cv2
+
+    _, _, path = written
+    out = G.write_preview(path, tmp_path / "p.png", count=4, split="val")
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[1] == 4 * (96 * 3 + 6)
+    assert ((img[..., 0] == 255) & (img[..., 1] == 0) & (img[..., 2] == 255)).any()  # magenta outlines
+    with pytest.raises(RefShapesError, match="no refs in split 'nope'"):
+        G.write_preview(path, tmp_path / "q.png", split="nope")

@@ -18,16 +18,16 @@ On disk (gRefCOCO layout, read by ``refseg.data.sources.GReferSource(root, "gref
     <root>/grefshapes/meta.json                  parameters, VERSION and statistics
 
 ``ensure_grefshapes(cfg.data)`` writes it on first use (``data.name: grefshapes``), with the sizes and
-seed of ``data.refshapes``; ``python -m refseg.data.grefshapes --verify`` writes, prints the shares
-and re-checks every sentence.
+seed of ``data.refshapes``; ``python -m refseg.data.grefshapes --verify --preview out.png`` writes,
+prints the shares, re-checks every sentence and draws examples.
 """
 from __future__ import annotations
 
 from .expressions import GeneratedGRef, generate_grefs, none_queries, several_queries
 from .language import GQuery, check_gexpression, parse_gexpression, render_gquery, resolve_g
 from .writer import (DATASET_NAME, REFS_FILE, SPLIT_BY, VERSION, ensure_grefshapes, generate_example, verify_grefshapes,
-                     write_grefshapes)
+                     write_grefshapes, write_preview)
 
 __all__ = ["DATASET_NAME", "GQuery", "GeneratedGRef", "REFS_FILE", "SPLIT_BY", "VERSION", "check_gexpression",
            "ensure_grefshapes", "generate_example", "generate_grefs", "none_queries", "parse_gexpression",
-           "render_gquery", "resolve_g", "several_queries", "verify_grefshapes", "write_grefshapes"]
+           "render_gquery", "resolve_g", "several_queries", "verify_grefshapes", "write_grefshapes", "write_preview"]

@@ -251,3 +251,49 @@ def stats_line(path) -> Optional[str]:
         return None
     shares = ", ".join(f"{k.replace('_', '-')} {v:.1%}" for k, v in st["kind_share"].items())
     return f"sentences: {shares}; generated in {st['seconds']} s"
+
+
+def write_preview(path, out, count: int = 12, split: Optional[str] = None, columns: int = 4) -> Path:
+    """A PNG grid of ``count`` refs of ``split`` (default val), in file order: the image enlarged, the
+    outline of the union of the ref's objects in magenta (none for no target), the number of objects
+    and the sentences underneath."""
+    from ..io import decode_segmentation, read_image, write_image
+    from ..refshapes.verify import _wrap
+
+    path = Path(path)
+    inst = json.loads((path / "instances.json").read_text())
+    refs = json.loads((path / REFS_FILE).read_text())
+    anns = {a["id"]: a for a in inst["annotations"]}
+    imgs = {i["id"]: i for i in inst["images"]}
+    split = split or ("val" if any(r["split"] == "val" for r in refs) else refs[0]["split"])
+    chosen = [r for r in refs if r["split"] == split][:count]
+    if not chosen:
+        raise RefShapesError(f"no refs in split '{split}' to preview (splits: "
+                             f"{', '.join(sorted({r['split'] for r in refs}))})")
+    cells = []
+    for r in chosen:
+        im = imgs[r["image_id"]]
+        S = im["height"]
+        f = max(1, round(288 / S))
+        img = read_image(path / "images" / im["file_name"], "stored", f"ref_id {r['ref_id']}")
+        big = cv2.resize(img, (S * f, S * f), interpolation=cv2.INTER_NEAREST)
+        ids = [] if r["ann_id"] == [-1] else r["ann_id"]
+        m = np.zeros((S, S), np.uint8)
+        for a in ids:
+            m |= decode_segmentation(anns[a]["segmentation"], S, S, f"ann_id {a}").view(np.uint8)
+        m = cv2.resize(m, (S * f, S * f), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(big, contours, -1, (0, 0, 0), 4)
+        cv2.drawContours(big, contours, -1, (255, 0, 255), 2)
+        lines = [f"{len(ids)} object(s)" if ids else "no object"]
+        for s in r["sentences"]:
+            lines += _wrap(s["raw"], max(20, S * f // 8))
+        text = np.full((16 * 5 + 6, S * f, 3), 255, np.uint8)
+        for k, line in enumerate(lines[:5]):
+            cv2.putText(text, line, (4, 14 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cell = np.concatenate([big, text], 0)
+        cells.append(cv2.copyMakeBorder(cell, 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=(128, 128, 128)))
+    while len(cells) % columns:
+        cells.append(np.full_like(cells[0], 255))
+    rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
+    return write_image(out, np.concatenate(rows, 0))
