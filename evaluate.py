@@ -4,12 +4,19 @@
     python evaluate.py --checkpoint runs/x/best --split val
     python evaluate.py --checkpoint runs/x/best --data-root data --dataset refcoco --split-by unc --split all --out m.json
     accelerate launch evaluate.py --checkpoint runs/x/best --split testA     # same numbers, P processes
+    python evaluate.py --predictions masks/ --dataset grefcoco --split-by unc --split val   # any system's PNGs
 
 Prints P@0.5..P@0.9, oIoU and mIoU (percent, two decimals), one row per split. Scoring is at the
 original image size; ``--resized-gt`` scores at image_size x image_size in fp32 like LAVT's test.py.
 ``--shuffle-text`` pairs every image with another object's expression (the language ablation).
 ``--out`` is a plain file and is replaced if it exists; a non-empty ``--gallery`` directory is refused
 unless ``--overwrite`` moves it aside (to DIR.old-<n>).
+
+On a generalized dataset (gRefCOCO layout: grefcoco, grefshapes) it prints the GRES table (gIoU, cIoU,
+N-acc, T-acc, Pr@0.7-0.9; a prediction says "no target" exactly when its mask is empty) and its
+breakdown by number of targets (0 / 1 / 2+). ``--predictions DIR`` scores masks written by any system,
+one PNG per expression (DIR/<sent_id>.png, nonzero = object, the image's size), with the same
+protocol and without a checkpoint (then --dataset is needed).
 """
 from __future__ import annotations
 
@@ -27,13 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.yaml, model.safetensors, "
-                                                       "processor) or Hub id org/name[@revision]")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (config.yaml, model.safetensors, "
+                                                      "processor) or Hub id org/name[@revision]; or --predictions")
+    p.add_argument("--predictions", default=None, metavar="DIR",
+                   help="score the masks DIR/<sent_id>.png (nonzero = object) instead of a checkpoint's")
     p.add_argument("--data-root", default=None, help="data folder (default: the checkpoint's data.root, or 'data' "
                                                      "with --dataset)")
-    p.add_argument("--dataset", default=None, help="refcoco | refcoco+ | refcocog | refshapes | a refer-layout folder "
-                                                   "name | an HF export path (default: the checkpoint's dataset)")
-    p.add_argument("--split-by", default=None, help="unc | umd | google (default: umd for refcocog, else unc)")
+    p.add_argument("--dataset", default=None, help="refcoco | refcoco+ | refcocog | refshapes | grefcoco | grefshapes "
+                                                   "| a refer- or gRefCOCO-layout folder name | an HF export path "
+                                                   "(default: the checkpoint's dataset)")
+    p.add_argument("--split-by", default=None, help="unc | umd | google (default: umd for refcocog, the dataset's "
+                                                    "own for refshapes / grefshapes, else unc)")
     p.add_argument("--split", required=True, help="val | testA | testB | test | ... | all (every split but train)")
     p.add_argument("--out", default=None, help="write the results as JSON to this file (replaced if it exists)")
     p.add_argument("--shuffle-text", action="store_true", help="pair each image with another object's expression")
@@ -74,6 +85,81 @@ def _data_config(cfg, args):
     return data
 
 
+def _ensure_synthetic(data, progress: bool) -> None:
+    """Regenerate refshapes / grefshapes when they are the dataset (deterministic: the exact data)."""
+    if data.name == "refshapes":
+        from refseg.data.refshapes import ensure_refshapes
+        ensure_refshapes(data, progress=progress)
+    elif data.name == "grefshapes":
+        from refseg.data.grefshapes import ensure_grefshapes
+        ensure_grefshapes(data, progress=progress)
+
+
+def _print_results(results: dict, header: str) -> None:
+    """LAVT's table, or the GRES table with the breakdown by number of targets on generalized data."""
+    from refseg.metrics import format_gres_breakdown, format_gres_table, format_per_type, format_table
+
+    print(header)
+    generalized = all("gIoU" in r for r in results.values())
+    print(format_gres_table(results, title="split") if generalized else format_table(results, title="split"))
+    for split, r in results.items():
+        if generalized:
+            print(f"by number of targets ({split}):\n{format_gres_breakdown(r)}")
+        per = format_per_type(r)
+        if per:
+            print(f"per-type {'gIoU' if generalized else 'mIoU'} ({split}):\n{per}")
+
+
+def _main_predictions(args) -> int:
+    """``--predictions DIR``: score any system's PNG masks on a dataset, without a checkpoint."""
+    from refseg.config import DataConfig
+    from refseg.data.check import default_split_by
+    from refseg.data.sources import is_hf_export, open_source
+    from refseg.engine.predictions import score_predictions
+    from refseg.utils import atomic_write_text
+
+    for flag in ("shuffle_text", "resized_gt", "gallery", "batch_size", "num_workers"):
+        if getattr(args, flag) not in (None, False):
+            raise UserError(f"--{flag.replace('_', '-')} needs --checkpoint (--predictions scores masks that "
+                            "are already written)")
+    if not args.dataset:
+        raise UserError("--predictions needs --dataset (refcoco | grefcoco | ...; there is no checkpoint to "
+                        "take it from)")
+    pred_dir = Path(args.predictions).expanduser()
+    if not pred_dir.is_dir():
+        raise UserError(f"predictions directory not found: {pred_dir} (expected <sent_id>.png files)")
+    data = DataConfig()
+    data.name = args.dataset
+    data.root = args.data_root or "data"
+    data.split_by = args.split_by or default_split_by(args.dataset)
+    if not (Path(data.root).expanduser() / data.name).exists():  # the synthetic ones: written with the defaults
+        _ensure_synthetic(data, progress=not args.no_progress)
+    if not is_hf_export(data.name) and not Path(data.root).expanduser().is_dir():
+        raise UserError(f"data root not found: {data.root} (use --data-root; see docs/DATA.md)")
+    source = open_source(data)
+    eval_splits = _eval_splits(source, args.split, data)
+    results = {split: score_predictions(source, split, pred_dir, args.max_samples,
+                                        progress=not args.no_progress).compute() for split in eval_splits}
+    _print_results(results, f"{pred_dir} on {data.name} ({data.split_by}), scored at original size")
+    if args.out:
+        payload = results[eval_splits[0]] if args.split != "all" else results
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def _eval_splits(source, split: str, data) -> list[str]:
+    splits = source.splits()
+    if split == "all":
+        return [s for s in splits if s != "train"] or splits
+    if split in splits:
+        return [split]
+    raise UserError(f"unknown split '{split}' for {data.name} ({data.split_by}): valid splits are "
+                    f"{', '.join(splits + ['all'])}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
@@ -81,6 +167,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         v = getattr(args, name)
         if v is not None and (v < 0 or (v == 0 and name != "num_workers")):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if bool(args.checkpoint) == bool(args.predictions):
+        raise UserError("give either --checkpoint (score a model) or --predictions DIR (score written masks)")
+    if args.predictions:
+        return _main_predictions(args)
 
     from refseg.config import load_run_config
     from refseg.data.sources import is_hf_export, open_source  # torch-free: bad input fails fast
@@ -96,9 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # the data settings, read before the (slower) model load so a bad dataset or split fails fast
     cfg = read_directory(ckpt, read_config)  # safe while a training run replaces it
     data = _data_config(cfg, args)
-    if data.name == "refshapes":  # deterministic: regenerate the exact data the model trained on
-        from refseg.data.refshapes import ensure_refshapes
-        ensure_refshapes(data, progress=not args.no_progress)
+    _ensure_synthetic(data, progress=not args.no_progress)  # deterministic: the exact data the model trained on
     if not is_hf_export(data.name) and not Path(data.root).expanduser().is_dir():
         raise UserError(f"data root not found: {data.root} (use --data-root; see docs/DATA.md)")
     source = open_source(data)
@@ -115,8 +203,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from refseg.data.dataset import RefSegDataset
     from refseg.engine.evaluate import evaluate
-    from refseg.metrics import format_per_type, format_table
-
     from refseg.engine.rundir import claim_output_dir, on_main_process
 
     accelerator = Accelerator()
@@ -143,12 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if is_main:
         mode = f"resized gt {cfg.model.image_size}x{cfg.model.image_size}" if resized_gt else "original size"
         extra = ", shuffled expressions" if args.shuffle_text else ""
-        print(f"{ckpt} on {data.name} ({data.split_by}), scored at {mode}{extra}")
-        print(format_table(results, title="split"))
-        for split, r in results.items():
-            per = format_per_type(r)
-            if per:
-                print(f"per-type mIoU ({split}):\n{per}")
+        _print_results(results, f"{ckpt} on {data.name} ({data.split_by}), scored at {mode}{extra}")
         if args.gallery:
             print(f"gallery: {args.gallery}")
         if args.out:

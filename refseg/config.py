@@ -259,7 +259,8 @@ class RefShapesConfig:
 @dataclass
 class DataConfig:
     name: str = option("refshapes", "dataset: refshapes | refcoco | refcoco+ | refcocog | a refer-layout folder "
-                                    "under root | a Hugging Face export (.parquet/.arrow file or folder)")
+                                    "under root | grefcoco | grefshapes (gRefCOCO layout: no, one or several "
+                                    "objects) | a Hugging Face export (.parquet/.arrow file or folder)")
     root: str = option("data", "data folder (refer layout: <root>/<name>/refs(<split_by>).p, images in "
                                "<root>/images/train2014)")
     split_by: str = option("refshapes", "refs file partition: unc | umd | google | refshapes")

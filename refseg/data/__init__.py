@@ -6,20 +6,21 @@ torch-free)::
     from refseg.data import open_source, RefSegDataset, collate, read_image
 
 Modules: ``types`` (Sample, Ref, the Source protocol), ``io`` (read_image, decode_segmentation,
-write_image), ``sources`` (ReferSource, HFSource, open_source), ``dataset`` (RefSegDataset, collate),
-``transforms`` (preprocessing shared with the Predictor), ``check`` (the dataset checker CLI),
-``refshapes`` (the synthetic dataset generator).
+write_image), ``sources`` (ReferSource, GReferSource, HFSource, open_source), ``dataset``
+(RefSegDataset, collate), ``transforms`` (preprocessing shared with the Predictor), ``check`` (the
+dataset checker CLI), ``refshapes`` (the synthetic dataset generator), ``grefshapes`` (its
+generalized variant: no, one or several objects per expression).
 """
 from __future__ import annotations
 
 __all__ = ["Sample", "Ref", "Source", "read_image", "write_image", "decode_segmentation", "open_source",
-           "ReferSource", "HFSource", "RefSegDataset", "collate"]
+           "ReferSource", "GReferSource", "HFSource", "RefSegDataset", "collate"]
 
 
 def __getattr__(name: str):
     if name in ("RefSegDataset", "collate"):
         from . import dataset as module
-    elif name in ("open_source", "ReferSource", "HFSource"):
+    elif name in ("open_source", "ReferSource", "GReferSource", "HFSource"):
         from . import sources as module
     elif name in ("read_image", "write_image", "decode_segmentation"):
         from . import io as module

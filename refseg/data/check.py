@@ -1,11 +1,14 @@
 """Validate a dataset layout and print split sizes.
 
     python -m refseg.data.check --data-root data --dataset refcoco --split-by unc [--full]
+    python -m refseg.data.check --data-root data --dataset grefcoco --split-by unc     # gRefCOCO layout
 
 Checks that the refs file and instances.json load, that every ref's annotation and image entry exist
 (and agree on the image), that image files are on disk (a fixed random subset; ``--full``: all), and
 decodes a few images and masks (``--full``: every mask, and every image). Exit code 0 when all is
-well, 1 when problems were found, 2 when the layout cannot be opened.
+well, 1 when problems were found, 2 when the layout cannot be opened. On a generalized dataset
+(gRefCOCO layout) the split table also counts the expressions that name no object (no-target) and
+several (multi-target).
 """
 from __future__ import annotations
 
@@ -33,9 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m refseg.data.check", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="data", help="folder holding <dataset>/ and images/ (default: data)")
     p.add_argument("--dataset", default="refcoco",
-                   help="refcoco | refcoco+ | refcocog | refshapes | any refer-layout folder | an HF export path")
+                   help="refcoco | refcoco+ | refcocog | refshapes | grefcoco | grefshapes | any refer- or "
+                        "gRefCOCO-layout folder | an HF export path")
     p.add_argument("--split-by", default=None, help="unc | umd | google | ... (default: umd for refcocog, "
-                                                    "refshapes for refshapes, else unc)")
+                                                    "refshapes / grefshapes for those, else unc)")
     p.add_argument("--full", action="store_true", help="check every image file and decode every mask and image")
     p.add_argument("--sample", type=int, default=200, help="image files checked without --full (default 200)")
     p.add_argument("--decode", type=int, default=20, help="images+masks decoded without --full (default 20)")
@@ -47,8 +51,8 @@ def default_split_by(dataset: str) -> str:
     name = Path(dataset).name.lower()
     if name == "refcocog":
         return "umd"
-    if name == "refshapes":
-        return "refshapes"
+    if name in ("refshapes", "grefshapes"):
+        return name
     return "unc"
 
 
@@ -83,17 +87,18 @@ def check(source: Source, full: bool = False, sample: int = 200, decode: int = 2
         print(f"images:    {source.image_dir}" + ("" if source.image_dir.is_dir() else "  (MISSING)"), file=out)
         if not source.image_dir.is_dir():
             problem(f"{source.image_dir}: image folder not found")
-        # every ref: annotation exists, belongs to the ref's image
+        # every ref: annotation exists, belongs to the ref's image (generalized: each of its annotations)
         for s in splits:
             for r in source.refs(s):
-                ann = source.anns.get(r.ann_id)
-                if ann is None:
-                    problem(f"{source.instances_path}: ref_id {r.ref_id}: ann_id {r.ann_id} not found")
-                elif int(ann.get("image_id", r.image_id)) != r.image_id:
-                    problem(f"ref_id {r.ref_id}: ann_id {r.ann_id} is on image {ann.get('image_id')}, "
-                            f"the ref says {r.image_id}")
-                elif not ann.get("segmentation"):
-                    problem(f"{source.instances_path}: ref_id {r.ref_id}: ann_id {r.ann_id} has no segmentation")
+                for ann_id in (r.ann_id,) if r.ann_ids is None else r.ann_ids:
+                    ann = source.anns.get(ann_id)
+                    if ann is None:
+                        problem(f"{source.instances_path}: ref_id {r.ref_id}: ann_id {ann_id} not found")
+                    elif int(ann.get("image_id", r.image_id)) != r.image_id:
+                        problem(f"ref_id {r.ref_id}: ann_id {ann_id} is on image {ann.get('image_id')}, "
+                                f"the ref says {r.image_id}")
+                    elif not ann.get("segmentation"):
+                        problem(f"{source.instances_path}: ref_id {r.ref_id}: ann_id {ann_id} has no segmentation")
                 if r.image_id not in source.images:
                     problem(f"{source.instances_path}: ref_id {r.ref_id}: image_id {r.image_id} not found")
     else:
@@ -157,7 +162,10 @@ def check(source: Source, full: bool = False, sample: int = 200, decode: int = 2
     name = getattr(source, "dataset", None)
     expected = EXPECTED.get((name, getattr(source, "split_by", None)), {})
     print("", file=out)
+    generalized = any(smp.generalized for smp in all_samples)
     head = f"{'split':<10} {'refs':>8} {'sentences':>10} {'images':>8}"
+    if generalized:  # expressions that name no object / several objects
+        head += f" {'no-target':>10} {'multi-target':>13}"
     if expected:
         head += f"   {'expected refs / sentences':>26}"
     print(head, file=out)
@@ -166,6 +174,10 @@ def check(source: Source, full: bool = False, sample: int = 200, decode: int = 2
         n_refs = len({smp.ref_id for smp in samples})
         n_img = len({smp.image_id for smp in samples})
         line = f"{s:<10} {n_refs:>8} {len(samples):>10} {n_img:>8}"
+        if generalized:
+            n_none = sum(1 for smp in samples if smp.num_targets == 0)
+            n_multi = sum(1 for smp in samples if smp.num_targets >= 2)
+            line += f" {n_none:>10} {n_multi:>13}"
         if expected:
             if s in expected:
                 er, es = expected[s]

@@ -30,6 +30,10 @@ class Sample:
     ``image_path`` is the image file, or ``<table file>#row=<n>`` for an image embedded in an export.
     ``expr_type`` is the expression type where the data has one (refshapes: attribute / position /
     superlative / relation), else None.
+    ``ann_ids`` is None for the classic sources (one object per expression: ``ann_id``) and the tuple
+    of referred annotation ids for the generalized ones (gRefCOCO layout): empty for an expression
+    that names no object (``ann_id`` is then -1), several for one that names several (``ann_id`` is
+    the first).
     """
 
     ref_id: int
@@ -43,6 +47,17 @@ class Sample:
     category_id: int
     split: str
     expr_type: Optional[str] = None
+    ann_ids: Optional[tuple[int, ...]] = None
+
+    @property
+    def generalized(self) -> bool:
+        """True for a sample of a generalized dataset (no, one or several referred objects)."""
+        return self.ann_ids is not None
+
+    @property
+    def num_targets(self) -> int:
+        """How many objects the expression names (1 for the classic sources)."""
+        return 1 if self.ann_ids is None else len(self.ann_ids)
 
 
 class Sentence(NamedTuple):
@@ -55,7 +70,11 @@ class Sentence(NamedTuple):
 
 @dataclass(frozen=True)
 class Ref:
-    """One referred object: its ids, split and expressions in file order (``category_id`` -1 if unknown)."""
+    """One referred object: its ids, split and expressions in file order (``category_id`` -1 if unknown).
+
+    ``ann_ids``: as in ``Sample`` (None for the classic sources; the referred annotations, possibly
+    none or several, for the generalized ones).
+    """
 
     ref_id: int
     ann_id: int
@@ -63,12 +82,13 @@ class Ref:
     category_id: int
     split: str
     sentences: tuple[Sentence, ...]
+    ann_ids: Optional[tuple[int, ...]] = None
 
     def samples(self, image_path: str, height: int, width: int) -> list[Sample]:
         """One ``Sample`` per sentence, on the image ``image_path`` of size (height, width)."""
         return [Sample(ref_id=self.ref_id, sent_id=s.sent_id, sentence=s.text, image_id=self.image_id,
                        ann_id=self.ann_id, image_path=image_path, height=height, width=width,
-                       category_id=self.category_id, split=self.split, expr_type=s.type)
+                       category_id=self.category_id, split=self.split, expr_type=s.type, ann_ids=self.ann_ids)
                 for s in self.sentences]
 
 
@@ -96,5 +116,6 @@ class Source(Protocol):
         ...
 
     def load_mask(self, sample: Sample) -> np.ndarray:
-        """bool (H, W): the referred object (the union of its parts); DataError when empty."""
+        """bool (H, W): the referred object (the union of its parts); DataError when empty (generalized
+        sources: the union of the referred objects, all-False for an expression that names none)."""
         ...

@@ -98,11 +98,13 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
                 sample = base.sample(idx)
                 target = batch["target"][b]
                 where = f"{sample.image_path} (ref_id {sample.ref_id}, sent_id {sample.sent_id})"
-                if not bool(target.any()):
+                generalized = getattr(sample, "generalized", False)  # gRefCOCO layout: 0, 1 or several objects
+                if not generalized and not bool(target.any()):
                     raise DataError(f"empty ground-truth mask for {where}")
                 gt = labels[b].bool() if resized_gt else target.to(device, non_blocking=True)
                 pred = processor.post_process_masks(logits[b:b + 1], tuple(gt.shape))[0]
-                metrics.add(*intersection_union(pred, gt), idx, sample.expr_type)
+                gres = dict(pred_area=int(pred.sum()), num_targets=sample.num_targets) if generalized else {}
+                metrics.add(*intersection_union(pred, gt), idx, sample.expr_type, **gres)
     return metrics
 
 

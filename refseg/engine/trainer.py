@@ -268,6 +268,10 @@ class Trainer:
             from ..data.refshapes import ensure_refshapes
             with acc.main_process_first():
                 ensure_refshapes(cfg.data, progress=self.progress and self.is_main)
+        elif cfg.data.name == "grefshapes":  # the generalized variant (gRefCOCO layout), same sizes and seed
+            from ..data.grefshapes import ensure_grefshapes
+            with acc.main_process_first():
+                ensure_grefshapes(cfg.data, progress=self.progress and self.is_main)
         source = open_source(cfg.data)
         self.time_data = time.time() - t0
         self.train_dataset = RefSegDataset(source, cfg.data.train_split, self.processor, train=True,

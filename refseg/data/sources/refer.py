@@ -108,22 +108,27 @@ def py2_text(s: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def refs_file(root: str | Path, dataset: str, split_by: str) -> Path:
-    """``<root>/<dataset>/refs(<split_by>).p`` or ``.json``; DataError listing what exists if neither."""
+def refs_file(root: str | Path, dataset: str, split_by: str, prefix: str = "refs") -> Path:
+    """``<root>/<dataset>/<prefix>(<split_by>).p`` or ``.json``; DataError listing what exists if neither.
+
+    ``prefix``: ``refs`` (refer layout) or ``grefs`` (gRefCOCO layout).
+    """
     folder = Path(root) / dataset
     for ext in (".p", ".json"):
-        p = folder / f"refs({split_by}){ext}"
+        p = folder / f"{prefix}({split_by}){ext}"
         if p.is_file():
             return p
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found (see docs/DATA.md for the layout)")
-    found = sorted(p.name for p in folder.glob("refs(*)*"))
+    found = sorted(p.name for p in folder.glob("*refs(*)*"))
     hint = f"; found {', '.join(found)}" if found else ""
-    raise DataError(f"{folder / f'refs({split_by}).p'}: refs file not found{hint}")
+    raise DataError(f"{folder / f'{prefix}({split_by}).p'}: refs file not found{hint}")
 
 
 class ReferSource(RefsBySplit):
     """A dataset in the refer layout. ``samples(split)`` lists every (ref, sentence) pair in file order."""
+
+    refs_prefix = "refs"  # the refs file is <refs_prefix>(<split_by>).p / .json
 
     def __init__(self, root: str | Path, dataset: str, split_by: str, image_dir: str | Path | None = None):
         super().__init__()
@@ -131,7 +136,7 @@ class ReferSource(RefsBySplit):
         self.dataset = dataset
         self.split_by = split_by
         self.folder = self.root / dataset
-        self.refs_path = refs_file(root, dataset, split_by)
+        self.refs_path = refs_file(root, dataset, split_by, self.refs_prefix)
         self.instances_path = self.folder / "instances.json"
         if image_dir is not None:
             self.image_dir = Path(image_dir)
