@@ -327,3 +327,35 @@ def test_decoder_upsampling_convention(align_corners, centre):
     assert float((w.sum(1) * ys).sum() / w.sum()) == pytest.approx(centre, abs=1e-4)
     m = build_model(_cfg(f"model.decoder.align_corners={str(align_corners).lower()}")).eval()
     assert m.decoder.align_corners is align_corners
+
+
+def test_loss_in_the_model_rounds_as_a_loss_outside_it(tok):
+    """Under bf16 autocast the in-model loss gives bit for bit the gradients of the loss computed
+    outside the model on fp32 copies of its outputs (what the trainer did before the loss moved in,
+    accelerate converting the outputs to fp32): each logit map is cast once and every loss term reads
+    that one copy, so their gradients add up in fp32 before the single rounding to bf16."""
+    torch.manual_seed(0)
+    m = build_model(_cfg()).train()
+    ids, mask = _text(tok, ["the red circle", "a square"])
+    x, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 2, (2, 64, 64))
+
+    def grads():
+        g = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        m.zero_grad(set_to_none=True)
+        return g
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m(x, ids, mask, labels=labels).loss
+    loss.backward()
+    inside = grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dec = m.decoder(m.forward_features(x, ids, mask))
+        maps = [m.upsample_logits(t, (64, 64)) for t in
+                (dec.logits, *(head(h) for head, h in zip(m.deep_heads, dec.hidden_states[:2])))]
+    maps = [t.float() for t in maps]  # outside autocast, once each
+    outside = m.criterion(maps[0], labels, maps[1:])
+    assert torch.equal(loss, outside)
+    outside.backward()
+    ref = grads()
+    assert inside.keys() == ref.keys() and len(ref) > 100
+    assert all(torch.equal(inside[k], ref[k]) for k in ref), [k for k in ref if not torch.equal(inside[k], ref[k])][:5]

@@ -193,8 +193,11 @@ class RefSegModel(nn.Module):
         if labels is not None:
             if tuple(labels.shape[-2:]) != tuple(size):
                 raise ValueError(f"labels: expected (B, {size[0]}, {size[1]}) like the input, got {tuple(labels.shape)}")
-            logits = self.upsample_logits(out.logits, size)
-            deep = [self.upsample_logits(head(h), size) for head, h in zip(self.deep_heads or (), out.hidden_states[:2])]
+            # one fp32 copy of each, shared by every loss term: their gradients add up in fp32 and are
+            # rounded to the autocast dtype once (two casts of a bf16 tensor would round twice)
+            logits = self.upsample_logits(out.logits, size).float()
+            deep = [self.upsample_logits(head(h), size).float()
+                    for head, h in zip(self.deep_heads or (), out.hidden_states[:2])]
             with torch.autocast(pixel_values.device.type, enabled=False):  # the loss is always fp32
                 loss = self.criterion(logits, labels, deep)
         return RefSegOutput(loss=loss, logits=out.logits, attentions=attentions, gate_magnitudes=gates)
