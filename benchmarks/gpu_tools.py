@@ -334,6 +334,10 @@ class Check:
             rc = None
         self.log.write(text + f"[exit {rc}, {time.time() - t0:.0f} s]\n")
         self.log.flush()
+        if rc is None:
+            self.say(f"   {Path(cmd[1]).name if cmd[1] != '-m' else cmd[2]} ran past its {timeout:.0f} s and was "
+                     f"stopped; its last lines:")
+            self.tail(text, 10)
         return rc, text
 
     def tail(self, text: str, n: int = 25) -> None:
@@ -513,7 +517,7 @@ class Check:
         self.say(f"== gpu_check{' --rehearse (CPU: tiny sizes, CUDA parts skipped)' if self.rehearse else ''}: "
                  f"{self.args.budget:.0f} s budget, {self.left():.0f} s left after the install")
         self.preflight()
-        shares = ({"a": 30, "b": 60, "c": 10, "d": 45} if self.rehearse else {"a": 90, "b": 140, "c": 15, "d": 270})
+        shares = ({"a": 30, "b": 60, "c": 10, "d": 60} if self.rehearse else {"a": 90, "b": 140, "c": 15, "d": 270})
         least = {"a": 15, "b": 25, "c": 5, "d": 35} if self.rehearse else {"a": 30, "b": 40, "c": 8, "d": 100}
         sections = [("a", "cuda_tests", "(a) pytest -m cuda", self.cuda_tests),
                     ("b", "throughput", "(b) bf16 training throughput, configs/refcoco.yaml and "
