@@ -288,7 +288,9 @@ TINY_DEFAULT = ["model.image_size=64", "model.vision.embed_dim=32", "model.visio
                 "model.crossvit.embed_dim=32", "model.crossvit.num_heads=2", "model.decoder.hidden_dim=32",
                 "data.refshapes.num_train_images=32", "data.refshapes.num_val_images=8",
                 "data.refshapes.num_test_images=2", "data.refshapes.image_size=64", "data.num_workers=0",
-                "train.warmup_steps=2", "train.log_every=2", "train.eval_every=1000", "eval.batch_size=8"]
+                "train.batch_size=4", "train.mixed_precision=no", "train.warmup_steps=2", "train.log_every=2",
+                "train.eval_every=1000", "eval.batch_size=8"]
+# (a time-budgeted run plans its length after 30 steps: 10 to warm the loader, 20 timed)
 
 
 class Check:
@@ -490,8 +492,8 @@ class Check:
         shutil.rmtree(run, ignore_errors=True)
         extra = [f"train.max_minutes={minutes:.2f}"]
         if self.rehearse:
-            self.say(f"   rehearsal: a tiny model and data set for {minutes:g} min"
-                     + ("" if self.cuda else ", on the CPU"))
+            self.say(f"   rehearsal: a tiny model and data set, fp32, for {minutes:g} min (at least the 30 steps "
+                     f"before the run plans its length)" + ("" if self.cuda else ", on the CPU"))
             extra += [*TINY_DEFAULT, f"data.root={self.work / 'data'}"]
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", "--no-progress", "--output-dir",
@@ -608,7 +610,8 @@ def render_table(res: dict) -> str:
         if best:
             hours = 40 * REFCOCO_TRAIN_IMAGES / best[1] / 3600
             rows.append(("40 RefCOCO epochs, refcoco.yaml", f"{hours:.2f} GPU-hours of training steps at the batch-"
-                                                            f"{best[0]} rate (no loading or evaluation)"))
+                                                            f"{best[0]} rate (no loading or evaluation)"
+                         + ("; rehearsal: a tiny model on a CPU, meaningless" if res.get("rehearsal") else "")))
     c = secs.get("decode", {})
     if "torchvision_img_s" in c:
         rows.append(("(c) JPEG decode, realref photos", f"{c['files']} photos, {c['mean_megapixels']:.2f} MP: OpenCV "
