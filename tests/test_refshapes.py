@@ -58,7 +58,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, written):
 def test_worker_pool_matches_single_process(tmp_path, monkeypatch):
     params = dict(num_train_images=6, num_val_images=2, num_test_images=2, image_size=64, seed=9)
     one = R.write_refshapes(tmp_path / "one", progress=False, **params)
-    monkeypatch.setattr(writer, "_num_workers", lambda n: 2)
+    monkeypatch.setattr(writer, "writer_workers", lambda n: 2)
     two = R.write_refshapes(tmp_path / "two", progress=False, **params)
     assert json.loads((two / "meta.json").read_text())["stats"]["workers"] == 2
     for name in (R.REFS_FILE, "instances.json", "images/000007.jpg"):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..refshapes.expressions import TYPE_WEIGHTS, _descs, _QuerySource, shares_attribute
+from ..refshapes.expressions import TYPE_WEIGHTS, descriptions, QuerySource, shares_attribute
 from ..refshapes.grammar import Desc, Query, finish_text, normalize_sentence, render_query
 from ..refshapes.resolver import check_expression
 from ..refshapes.scene import COLORS, SHAPES, SIZES, Scene
@@ -37,14 +37,14 @@ def _all_descs(scene: Scene) -> list[Desc]:
     """Colour and/or shape descriptions (optionally with a size) of the objects in the scene."""
     out = set()
     for o in scene.objects:
-        out.update(d for d in _descs(o, True) if d.color or d.shape)
+        out.update(d for d in descriptions(o, True) if d.color or d.shape)
     return sorted(out, key=lambda d: (str(d.color), str(d.shape), str(d.size)))
 
 
 def _unique_anchors(scene: Scene) -> list[tuple[int, Desc]]:
     out = []
     for a, oa in enumerate(scene.objects):
-        out += [(a, d) for d in _descs(oa, False) if not d.empty and len(scene.candidates(d)) == 1]
+        out += [(a, d) for d in descriptions(oa, False) if not d.empty and len(scene.candidates(d)) == 1]
     return out
 
 
@@ -127,7 +127,7 @@ def _sentences(rng: np.random.Generator, scene: Scene, queries: list[GQuery], ta
 
 def _one_target(rng: np.random.Generator, scene: Scene, t: int, n_sent: int) -> list[tuple[str, str]]:
     """Sentences for object ``t`` from refshapes' sampler, kept when they name it under both readings."""
-    source = _QuerySource(scene, t, rng)
+    source = QuerySource(scene, t, rng)
     sents: list[tuple[str, str]] = []
     used: set[str] = set()
     for _ in range(3 * n_sent):

@@ -14,13 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..refshapes.grammar import (_REL_RE, _SHAPE_PLURAL_WORDS, RELATION_PHRASES, ExpressionError, Query, _np, _pick,
+from ..refshapes.grammar import (REL_RE, SHAPE_PLURAL_WORDS, RELATION_PHRASES, ExpressionError, Query, noun_phrase, pick_option,
                                  normalize_sentence, parse_expression, render_query)
-from ..refshapes.resolver import REL_MARGIN, Resolution, _direction_state, resolve
+from ..refshapes.resolver import REL_MARGIN, Resolution, direction_state, resolve
 from ..refshapes.scene import Scene
 
 NUMBERS = ("one", "two", "plural")
-PLURAL_WORDS = set(_SHAPE_PLURAL_WORDS) | {"objects", "shapes", "things", "items", "ones"}
+PLURAL_WORDS = set(SHAPE_PLURAL_WORDS) | {"objects", "shapes", "things", "items", "ones"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def parse_gexpression(text: str) -> GQuery:
     q = parse_expression(sent)
     head = words
     if q.type == "relation":
-        head = sent[: _REL_RE.search(sent).start()].split()
+        head = sent[: REL_RE.search(sent).start()].split()
     if q.type in ("position", "superlative"):  # singular: "the leftmost of the circles"
         if quant:
             raise ExpressionError(f"'{quant}' with a position or size superlative in '{text}'")
@@ -86,7 +86,7 @@ def resolve_g(scene: Scene, gq: GQuery) -> Resolution:
             for i in cands:
                 key = ("dir", i, a, q.relation)
                 if key not in scene.cache:
-                    scene.cache[key] = _direction_state(objs[i], objs[a], q.relation, REL_MARGIN * S)
+                    scene.cache[key] = direction_state(objs[i], objs[a], q.relation, REL_MARGIN * S)
                 states.append(scene.cache[key])
             r = Resolution([i for i, s in zip(cands, states) if s == 1], any(s == 0 for s in states))
     else:
@@ -111,15 +111,15 @@ def render_gquery(gq: GQuery, rng: np.random.Generator) -> str:
     q = gq.query
     if gq.number == "one":
         return render_query(q, rng)
-    np_ = _np(rng, q.target, plural=True)
+    np_ = noun_phrase(rng, q.target, plural=True)
     if gq.number == "two":
-        head = _pick(rng, [f"both {np_}", f"both the {np_}", f"the two {np_}"])
+        head = pick_option(rng, [f"both {np_}", f"both the {np_}", f"the two {np_}"])
     else:
-        head = _pick(rng, [f"all the {np_}", f"the {np_}", f"all {np_}"])
+        head = pick_option(rng, [f"all the {np_}", f"the {np_}", f"all {np_}"])
     if q.type == "attribute":
         return head
     if q.type == "relation":
-        rel = _pick(rng, RELATION_PHRASES[q.relation])
-        glue = _pick(rng, ["", "", "that are ", "which are "])
-        return f"{head} {glue}{rel} the {_np(rng, q.anchor)}"
+        rel = pick_option(rng, RELATION_PHRASES[q.relation])
+        glue = pick_option(rng, ["", "", "that are ", "which are "])
+        return f"{head} {glue}{rel} the {noun_phrase(rng, q.anchor)}"
     raise ValueError(f"no plural phrasing for a {q.type} query")

@@ -19,8 +19,8 @@ from ..refshapes.grammar import normalize_sentence
 from ..refshapes.render import render_image
 from ..refshapes.scene import SHAPES, sample_scene
 from ..refshapes.verify import scene_from_annotations
-from ..refshapes.writer import (CATEGORY_IDS, IMAGE_EXT, IMAGE_PARAMS, PARAM_KEYS, SPLITS, _encode_rle, _num_workers,
-                                _params_of, _worker_init, read_meta, validate_params)
+from ..refshapes.writer import (CATEGORY_IDS, IMAGE_EXT, IMAGE_PARAMS, PARAM_KEYS, SPLITS, encode_rle, writer_workers,
+                                params_of, init_writer_worker, read_meta, validate_params)
 from .expressions import generate_grefs
 from .language import check_gexpression
 
@@ -67,7 +67,7 @@ def _make_image(task) -> GeneratedImage:
         bbox = list(cv2.boundingRect(o.mask.view(np.uint8)))
         anns.append({
             "category_id": CATEGORY_IDS[o.shape], "bbox": [float(v) for v in bbox], "area": float(o.area),
-            "segmentation": _encode_rle(o.mask), "iscrowd": 0,
+            "segmentation": encode_rle(o.mask), "iscrowd": 0,
             "attributes": {"color": o.color, "size": o.size, "center": [round(o.center[0], 3), round(o.center[1], 3)],
                            "full_area": o.full_area},
         })
@@ -83,7 +83,7 @@ def _generate_images(tasks: list[tuple], workers: int, progress: bool) -> list[G
         if workers > 1:
             import multiprocessing as mp
 
-            with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+            with mp.get_context("spawn").Pool(workers, initializer=init_writer_worker) as pool:
                 for r in pool.imap(_make_image, tasks, chunksize=16):
                     results.append(r)
                     bar.update()
@@ -169,7 +169,7 @@ def write_grefshapes(root, num_train_images: int = 4000, num_val_images: int = 3
             for _ in range(n):
                 image_id += 1
                 tasks.append((image_id, split, int(seed), int(image_size), str(image_dir)))
-        workers = _num_workers(len(tasks))
+        workers = writer_workers(len(tasks))
         instances, refs, stats = _collect(_generate_images(tasks, workers, progress))
         (tmp / "instances.json").write_text(json.dumps(instances, separators=(",", ":")))
         (tmp / REFS_FILE).write_text(json.dumps(refs, separators=(",", ":")))
@@ -196,7 +196,7 @@ def ensure_grefshapes(data_cfg, progress: bool = True, force: bool = False) -> P
     generator VERSION, or when ``force``. Safe under concurrent callers (an flock, as refshapes')."""
     import fcntl
 
-    params = _params_of(data_cfg)
+    params = params_of(data_cfg)
     validate_params(*(params[k] for k in PARAM_KEYS))
     root = Path(getattr(data_cfg, "root", "data"))
     path = root / DATASET_NAME
@@ -258,7 +258,7 @@ def write_preview(path, out, count: int = 12, split: Optional[str] = None, colum
     outline of the union of the ref's objects in magenta (none for no target), the number of objects
     and the sentences underneath."""
     from ..io import decode_segmentation, read_image, write_image
-    from ..refshapes.verify import _wrap
+    from ..refshapes.verify import wrap_text
 
     path = Path(path)
     inst = json.loads((path / "instances.json").read_text())
@@ -287,7 +287,7 @@ def write_preview(path, out, count: int = 12, split: Optional[str] = None, colum
         cv2.drawContours(big, contours, -1, (255, 0, 255), 2)
         lines = [f"{len(ids)} object(s)" if ids else "no object"]
         for s in r["sentences"]:
-            lines += _wrap(s["raw"], max(20, S * f // 8))
+            lines += wrap_text(s["raw"], max(20, S * f // 8))
         text = np.full((16 * 5 + 6, S * f, 3), 255, np.uint8)
         for k, line in enumerate(lines[:5]):
             cv2.putText(text, line, (4, 14 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)

@@ -16,7 +16,7 @@ from .scene import Scene, SceneObject
 TYPE_WEIGHTS = {"attribute": 0.8, "position": 0.8, "superlative": 2.5, "relation": 1.05}
 
 
-def _descs(o: SceneObject, with_size: bool) -> list[Desc]:
+def descriptions(o: SceneObject, with_size: bool) -> list[Desc]:
     sizes = (None, o.size) if with_size else (None,)
     return [Desc(c, s, z) for c in (None, o.color) for s in (None, o.shape) for z in sizes]
 
@@ -29,14 +29,14 @@ def candidate_queries(scene: Scene, t: int) -> dict[str, list[Query]]:
     objs = scene.objects
     o = objs[t]
     out: dict[str, list[Query]] = {k: [] for k in EXPR_TYPES}
-    out["attribute"] = [Query("attribute", d) for d in _descs(o, True) if d.color or d.shape]
+    out["attribute"] = [Query("attribute", d) for d in descriptions(o, True) if d.color or d.shape]
     anchors = []
     for a, oa in enumerate(objs):
         if a != t:
-            uniq = [d for d in _descs(oa, False) if not d.empty and len(scene.candidates(d)) == 1]
+            uniq = [d for d in descriptions(oa, False) if not d.empty and len(scene.candidates(d)) == 1]
             if uniq:
                 anchors.append((a, uniq))
-    for d in _descs(o, False):
+    for d in descriptions(o, False):
         cands = scene.candidates(d)
         if len(cands) < 2:
             continue
@@ -54,7 +54,7 @@ def valid_queries(scene: Scene, t: int) -> dict[str, list[Query]]:
     return {k: [q for q in v if resolve(scene, q).unique(t)] for k, v in candidate_queries(scene, t).items()}
 
 
-class _QuerySource:
+class QuerySource:
     """Valid queries of one target drawn lazily in random order: only what is used gets resolved."""
 
     def __init__(self, scene: Scene, t: int, rng: np.random.Generator):
@@ -102,7 +102,7 @@ def generate_refs(scene: Scene, rng: np.random.Generator) -> list[GeneratedRef]:
     for t in order:
         if len(refs) == n_refs:
             break
-        source = _QuerySource(scene, t, rng)
+        source = QuerySource(scene, t, rng)
         n_sent = int(rng.choice([1, 2, 3], p=[0.35, 0.35, 0.3]))
         sents: list[tuple[str, str]] = []
         used_types: set[str] = set()

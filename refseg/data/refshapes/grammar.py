@@ -81,11 +81,11 @@ RELATION_PHRASES = {  # longest first within a relation so the regex takes the f
     "closest": ["closest to", "nearest to", "nearest", "next to"],
 }
 _REL_LOOKUP = {p: r for r, ps in RELATION_PHRASES.items() for p in ps}
-_REL_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _REL_LOOKUP), key=len, reverse=True)) + r")\b")
+REL_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _REL_LOOKUP), key=len, reverse=True)) + r")\b")
 FILLERS = {"the", "a", "an", "that", "which", "is", "on", "at", "in", "of", "to", "far", "furthest",
            "farthest", "most", "two", "sized", "colored", "coloured", "one", "ones", "located", "placed"}
 _NOUNS = set(GENERIC_NOUNS) | {n + "s" for n in GENERIC_NOUNS}
-_SHAPE_PLURAL_WORDS = {PLURALS.get(w, w + "s"): s for w, s in SHAPE_WORDS.items()}
+SHAPE_PLURAL_WORDS = {PLURALS.get(w, w + "s"): s for w, s in SHAPE_WORDS.items()}
 
 
 def normalize_sentence(raw: str) -> str:
@@ -107,8 +107,8 @@ def _parse_np(words: list[str], allow_modifiers: bool, text: str):
             put(desc, "color", COLOR_WORDS[w], w)
         elif w in SHAPE_WORDS:
             put(desc, "shape", SHAPE_WORDS[w], w)
-        elif w in _SHAPE_PLURAL_WORDS:
-            put(desc, "shape", _SHAPE_PLURAL_WORDS[w], w)
+        elif w in SHAPE_PLURAL_WORDS:
+            put(desc, "shape", SHAPE_PLURAL_WORDS[w], w)
         elif w in SIZE_WORDS:
             put(desc, "size", SIZE_WORDS[w], w)
         elif allow_modifiers and w in EXTREME_WORDS:
@@ -134,7 +134,7 @@ def parse_expression(text: str) -> Query:
     sent = normalize_sentence(text)
     if not sent:
         raise ExpressionError("empty expression")
-    rels = list(_REL_RE.finditer(sent))
+    rels = list(REL_RE.finditer(sent))
     if len(rels) > 1:
         raise ExpressionError(f"more than one relation in '{text}'")
     if rels:
@@ -157,24 +157,24 @@ def parse_expression(text: str) -> Query:
 # --- rendering queries as text ---------------------------------------------------------------
 
 
-def _pick(rng: np.random.Generator, options):
+def pick_option(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
 def _noun(rng, shape: Optional[str], plural=False, has_modifier=False) -> str:
     if shape is not None:
-        w = _pick(rng, SHAPE_SYNONYMS.get(shape, [shape]))
+        w = pick_option(rng, SHAPE_SYNONYMS.get(shape, [shape]))
         return PLURALS.get(w, w + "s") if plural else w
     if plural:
-        return _pick(rng, ["objects", "shapes", "things"])
-    return _pick(rng, ["object", "shape", "thing", "one"] if has_modifier else ["object", "shape", "thing"])
+        return pick_option(rng, ["objects", "shapes", "things"])
+    return pick_option(rng, ["object", "shape", "thing", "one"] if has_modifier else ["object", "shape", "thing"])
 
 
-def _np(rng, d: Desc, plural=False, pre_modifier=False) -> str:
+def noun_phrase(rng, d: Desc, plural=False, pre_modifier=False) -> str:
     """Noun phrase without article: '[size] [colour] noun'."""
     words = []
     if d.size:
-        words.append(_pick(rng, {"small": ["small", "little"], "medium": ["medium", "medium sized"],
+        words.append(pick_option(rng, {"small": ["small", "little"], "medium": ["medium", "medium sized"],
                                  "large": ["large", "big"]}[d.size]))
     if d.color:
         words.append(d.color)
@@ -190,41 +190,41 @@ def render_query(q: Query, rng: np.random.Generator) -> str:
     """One phrasing of ``q`` (raw text; capitalisation/period added by :func:`finish_text`)."""
     d = q.target
     if q.type == "attribute":
-        forms = [lambda: _the(rng) + _np(rng, d)]
+        forms = [lambda: _the(rng) + noun_phrase(rng, d)]
         if d.color and d.shape and not d.size:
             forms += [lambda: f"{_the(rng)}{_noun(rng, d.shape)} that is {d.color}",
                       lambda: f"{_the(rng)}{d.color} colored {_noun(rng, d.shape)}",
                       lambda: f"{_the(rng)}{_noun(rng, d.shape)} in {d.color}"]
-        return _pick(rng, forms)()
+        return pick_option(rng, forms)()
     if q.type == "position":
         dirn = q.direction
         if q.comparative:
             adj = {"left": "left", "right": "right", "top": "upper", "bottom": "lower"}[dirn]
-            return f"{_the(rng)}{adj} {_np(rng, d, pre_modifier=True)}"
+            return f"{_the(rng)}{adj} {noun_phrase(rng, d, pre_modifier=True)}"
         most = {"left": ["leftmost"], "right": ["rightmost"], "top": ["topmost", "highest", "uppermost", "top"],
                 "bottom": ["lowest", "bottom", "bottommost"]}[dirn]
         post = {"left": ["on the left", "on the far left", "furthest to the left"],
                 "right": ["on the right", "on the far right", "furthest to the right"],
                 "top": ["at the top"], "bottom": ["at the bottom"]}[dirn]
-        forms = [lambda: f"{_the(rng)}{_pick(rng, most)} {_np(rng, d, pre_modifier=True)}",
-                 lambda: f"{_the(rng)}{_np(rng, d)} {_pick(rng, post)}",
-                 lambda: f"the {_pick(rng, most)} of the {_np(rng, d, plural=True)}"]
-        return _pick(rng, forms)()
+        forms = [lambda: f"{_the(rng)}{pick_option(rng, most)} {noun_phrase(rng, d, pre_modifier=True)}",
+                 lambda: f"{_the(rng)}{noun_phrase(rng, d)} {pick_option(rng, post)}",
+                 lambda: f"the {pick_option(rng, most)} of the {noun_phrase(rng, d, plural=True)}"]
+        return pick_option(rng, forms)()
     if q.type == "superlative":
         if q.comparative:
-            adj = _pick(rng, ["larger", "bigger"] if q.extreme == "max" else ["smaller"])
-            forms = [lambda: f"{_the(rng)}{adj} {_np(rng, d, pre_modifier=True)}",
-                     lambda: f"the {adj} of the two {_np(rng, d, plural=True)}"]
+            adj = pick_option(rng, ["larger", "bigger"] if q.extreme == "max" else ["smaller"])
+            forms = [lambda: f"{_the(rng)}{adj} {noun_phrase(rng, d, pre_modifier=True)}",
+                     lambda: f"the {adj} of the two {noun_phrase(rng, d, plural=True)}"]
         else:
-            adj = _pick(rng, ["largest", "biggest"] if q.extreme == "max" else ["smallest", "tiniest"])
-            forms = [lambda: f"{_the(rng)}{adj} {_np(rng, d, pre_modifier=True)}",
-                     lambda: f"the {adj} of the {_np(rng, d, plural=True)}"]
-        return _pick(rng, forms)()
+            adj = pick_option(rng, ["largest", "biggest"] if q.extreme == "max" else ["smallest", "tiniest"])
+            forms = [lambda: f"{_the(rng)}{adj} {noun_phrase(rng, d, pre_modifier=True)}",
+                     lambda: f"the {adj} of the {noun_phrase(rng, d, plural=True)}"]
+        return pick_option(rng, forms)()
     if q.type == "relation":
-        rel = _pick(rng, RELATION_PHRASES[q.relation])
-        anchor = "the " + _np(rng, q.anchor)
-        head = _the(rng) + _np(rng, d)
-        glue = _pick(rng, ["", "", "that is ", "which is "])
+        rel = pick_option(rng, RELATION_PHRASES[q.relation])
+        anchor = "the " + noun_phrase(rng, q.anchor)
+        head = _the(rng) + noun_phrase(rng, d)
+        glue = pick_option(rng, ["", "", "that is ", "which is "])
         return f"{head} {glue}{rel} {anchor}"
     raise ValueError(f"unknown query type '{q.type}'")
 

@@ -44,7 +44,7 @@ def _extreme(values: list[tuple[float, float]], margin: float) -> Optional[int]:
     return best
 
 
-def _direction_state(o: SceneObject, a: SceneObject, rel: str, margin: float) -> int:
+def direction_state(o: SceneObject, a: SceneObject, rel: str, margin: float) -> int:
     """+1 clearly holds, -1 clearly fails, 0 ambiguous: ``o`` is <rel> of anchor ``a``."""
     states = []
     for (ox, oy), (ax, ay) in zip(_points(o), _points(a)):
@@ -98,7 +98,7 @@ def resolve(scene: Scene, q: Query) -> Resolution:
         for i in cands:
             key = ("dir", i, a, q.relation)
             if key not in scene.cache:
-                scene.cache[key] = _direction_state(objs[i], objs[a], q.relation, REL_MARGIN * S)
+                scene.cache[key] = direction_state(objs[i], objs[a], q.relation, REL_MARGIN * S)
             states.append(scene.cache[key])
         return Resolution([i for i, s in zip(cands, states) if s == 1], any(s == 0 for s in states))
     raise ValueError(f"unknown query type '{q.type}'")

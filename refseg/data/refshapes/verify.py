@@ -58,7 +58,7 @@ def verify_refshapes(path) -> int:
     return n
 
 
-def _wrap(text: str, width: int) -> list[str]:
+def wrap_text(text: str, width: int) -> list[str]:
     lines, cur = [], ""
     for w in text.split():
         if cur and len(cur) + 1 + len(w) > width:
@@ -104,7 +104,7 @@ def write_preview(path, out, count: int = 8, split: Optional[str] = None, column
         cv2.drawContours(big, contours, -1, (255, 0, 255), 2)
         lines = []
         for s in r["sentences"]:
-            lines += _wrap(f"[{s['type'][:3]}] {s['raw']}", chars)
+            lines += wrap_text(f"[{s['type'][:3]}] {s['raw']}", chars)
         text = np.full((16 * 7 + 6, cell_w, 3), 255, np.uint8)
         for k, line in enumerate(lines[:7]):
             cv2.putText(text, line, (4, 14 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)

@@ -49,7 +49,7 @@ def generate_example(seed: int, image_id: int, image_size: int):
             return scene, render_image(scene, rng), refs
 
 
-def _encode_rle(mask: np.ndarray) -> dict:
+def encode_rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -81,7 +81,7 @@ def _make_image(task) -> GeneratedImage:
         bbox = list(cv2.boundingRect(o.mask.view(np.uint8)))  # x, y, w, h of the visible region
         anns.append({
             "category_id": CATEGORY_IDS[o.shape], "bbox": [float(v) for v in bbox], "area": float(o.area),
-            "segmentation": _encode_rle(o.mask), "iscrowd": 0,
+            "segmentation": encode_rle(o.mask), "iscrowd": 0,
             "attributes": {"color": o.color, "size": o.size, "center": [round(o.center[0], 3), round(o.center[1], 3)],
                            "full_area": o.full_area},
         })
@@ -106,12 +106,12 @@ def validate_params(num_train: int, num_val: int, num_test: int, image_size: int
         raise RefShapesError(f"seed must be >= 0, got {seed}")
 
 
-def _num_workers(n: int) -> int:
+def writer_workers(n: int) -> int:
     """Processes for ``n`` images: one per 250 images, at most 8 and the cores we may use."""
     return max(1, min(cpu_cores(), 8, n // 250))
 
 
-def _worker_init() -> None:
+def init_writer_worker() -> None:
     cv2.setNumThreads(1)
 
 
@@ -138,7 +138,7 @@ def write_refshapes(root, num_train_images: int = 4000, num_val_images: int = 30
             for _ in range(n):
                 image_id += 1
                 tasks.append((image_id, split, int(seed), int(image_size), str(image_dir)))
-        workers = _num_workers(len(tasks))
+        workers = writer_workers(len(tasks))
         results = _generate_images(tasks, workers, progress)
         instances, refs, stats = _collect(results)
         (tmp / "instances.json").write_text(json.dumps(instances, separators=(",", ":")))
@@ -163,7 +163,7 @@ def _generate_images(tasks: list[tuple], workers: int, progress: bool) -> list[G
             import multiprocessing as mp
 
             # spawn: safe when the caller already runs torch/CUDA threads (fork would copy them)
-            with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+            with mp.get_context("spawn").Pool(workers, initializer=init_writer_worker) as pool:
                 for r in pool.imap(_make_image, tasks, chunksize=16):
                     results.append(r)
                     bar.update()
@@ -235,7 +235,7 @@ def read_meta(path) -> Optional[dict]:
         return None
 
 
-def _params_of(data_cfg) -> dict:
+def params_of(data_cfg) -> dict:
     rs = getattr(data_cfg, "refshapes", data_cfg)
     return {k: getattr(rs, k) for k in PARAM_KEYS}
 
@@ -259,7 +259,7 @@ def ensure_refshapes(data_cfg, progress: bool = True, force: bool = False) -> Pa
     """
     import fcntl
 
-    params = _params_of(data_cfg)
+    params = params_of(data_cfg)
     validate_params(*(params[k] for k in PARAM_KEYS))
     root = Path(getattr(data_cfg, "root", "data"))
     path = root / DATASET_NAME
