@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from refseg.predictor import Predictor
 
     predictor = Predictor.from_pretrained(ckpt, device=args.device)  # checked and read once
-    if predictor.run_config.data.name == "refshapes":
+    if predictor.run_config.data.name in ("refshapes", "grefshapes"):
         print(SYNTHETIC_NOTE)
     text = predictor.processor.clean_text(args.text)  # for the caption; the processor cleans what it encodes
     if args.explain:  # one forward pass gives the mask and the attention maps
