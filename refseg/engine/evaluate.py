@@ -189,12 +189,12 @@ def write_gallery(model, processor, base, metrics: SegMetrics, out_dir: str | Pa
             x = processor.to_device(item, device)
             x.pop("labels")
             with autocast(device, scoring_precision(mixed_precision, resized_gt)):
-                out = model(**x)
+                output = model(**x)
             sample = base.sample(idx)
             image = base.source.load_image(sample)
             gt = item["target"][0].numpy()
-            pred = processor.post_process_masks(out.logits.float(), gt.shape,
-                                                no_target_logits=getattr(out, "no_target_logits", None))[0].cpu().numpy()
+            pred = processor.post_process_masks(output.logits.float(), gt.shape,
+                                                no_target_logits=getattr(output, "no_target_logits", None))[0].cpu().numpy()
             text = base.text(idx)
             name = f"{rank:02d}_idx{idx}.png"
             write_image(out / name, overlay(image, pred, text=f"IoU {100 * ious[idx]:.1f} | {text}", gt=gt))
