@@ -8,6 +8,10 @@
 Without --checkpoint the newest runs/*/best is used. A checkpoint trained on refshapes (the default
 run's synthetic shapes) knows shapes, not people or objects: the demo says so. For photos, train on
 RefCOCO (configs/refcoco.yaml) or convert LAVT's published weights (README, "Use LAVT's published weights").
+
+An expression that names several objects gets one mask, their union. When nothing matches (the mask
+is empty, e.g. because the checkpoint's no-target head says so) the demo prints and captions
+`no object matches "<expression>"` and still exits 0.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def main(argv=None) -> int:
     quiet_libraries()
     from refseg.data.io import read_image, write_image
     from refseg.hub import resolve_checkpoint
-    from refseg.visualize import overlay
+    from refseg.visualize import no_match_message, overlay
 
     if not args.text.strip():
         raise UserError("--text is empty: give an expression such as \"the man on the left\"")
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     from refseg.predictor import Predictor
 
     predictor = Predictor.from_pretrained(ckpt, device=args.device)  # checked and read once
-    if predictor.run_config.data.name == "refshapes":
+    if predictor.run_config.data.name in ("refshapes", "grefshapes"):
         print(SYNTHETIC_NOTE)
     text = predictor.processor.clean_text(args.text)  # for the caption; the processor cleans what it encodes
     if args.explain:  # one forward pass gives the mask and the attention maps
@@ -69,11 +73,16 @@ def main(argv=None) -> int:
         gates = ", ".join(f"stage {i + 1} {g:.3f}" for i, g in enumerate(explanation.gate_means))
         print(f"word attention of {len(explanation.tokens)} tokens x {explanation.num_stages} stages: "
               f"{len(paths)} images in {args.explain} (contact_sheet.png); language gate mean |S|: {gates}")
+        p_none = None
     else:
-        mask = predictor.predict(image, args.text)
+        mask, p_none = predictor.predict_with_no_target(image, args.text)
     out = Path(args.out) if args.out else Path(Path(args.image).stem + "_overlay.png")
-    write_image(out, overlay(image, mask, text))
-    print(f"mask covers {100.0 * mask.mean():.1f}% of the {image.shape[1]}x{image.shape[0]} image")
+    caption = text if mask.any() else no_match_message(text)
+    write_image(out, overlay(image, mask, caption))
+    if not mask.any():
+        print(no_match_message(text) + ("" if p_none is None else f" (no-target probability {p_none:.2f})"))
+    else:
+        print(f"mask covers {100.0 * mask.mean():.1f}% of the {image.shape[1]}x{image.shape[0]} image")
     print(f"overlay written to {out}")
     if args.mask:
         print(f"mask written to {write_image(args.mask, mask)}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .data.io import read_image, write_image
 from .errors import ImageReadError, UserError
-from .visualize import PALETTE, overlay
+from .visualize import PALETTE, captions, no_match_message, overlay
 
 MAX_MEGAPIXELS = 50.0  # a 48-megapixel phone photo fits; decoding it takes 150 MB, its masks 50 MB each
 MAX_EXPRESSION_CHARS = 300  # RefCOCOg's longest expressions are far shorter; the model reads max_tokens
@@ -52,7 +52,8 @@ def parse_expressions(text: Optional[str]) -> list[str]:
 @dataclass
 class Segmentation:
     """One request's result. overlay RGB uint8 (H, W, 3); masks bool (K, H, W); mask uint8 (H, W) in
-    {0, 255}, the union of the K masks (the mask itself for one expression)."""
+    {0, 255}, the union of the K masks (the mask itself for one expression; all 0 when nothing matches).
+    An expression that names several objects has one mask, their union."""
 
     expressions: list[str]
     overlay: np.ndarray
@@ -73,8 +74,8 @@ class Segmentation:
             r, g, b = PALETTE[k]
             area = int(m.sum())
             note = " (read up to the model's token limit)" if self.truncated and self.truncated[k] else ""
-            rows.append(f"| <span style=\"color:rgb({r},{g},{b})\">&#9632;</span> | {_escape(expr)}{note} | "
-                        f"{area:,} px ({100.0 * area / (h * w):.1f}%) |")
+            cell = f"{area:,} px ({100.0 * area / (h * w):.1f}%)" if area else _escape(no_match_message(expr))
+            rows.append(f"| <span style=\"color:rgb({r},{g},{b})\">&#9632;</span> | {_escape(expr)}{note} | {cell} |")
         return "\n".join(rows) + (f"\n\n{w}x{h} image; model {1000 * self.model_seconds:.0f} ms, "
                                   f"total {1000 * self.total_seconds:.0f} ms")
 
@@ -112,7 +113,8 @@ class Segmenter:
         t0 = time.perf_counter()
         masks = self.predictor.predict(image, expressions)  # (K, H, W) bool, one batched forward
         model_seconds = time.perf_counter() - t0
-        drawn = overlay(image, masks, expressions if len(expressions) > 1 else expressions[0])
+        texts = captions(expressions, masks)  # "no object matches ..." where a mask is empty
+        drawn = overlay(image, masks, texts if len(texts) > 1 else texts[0])
         return Segmentation(expressions, drawn, masks, model_seconds, time.perf_counter() - start,
                             truncated=self._truncated(expressions))
 

@@ -4,7 +4,8 @@
     inputs = processor(images=image_rgb_uint8, text=["the man on the left"])   # CPU: uint8 + token ids
     batch = processor.to_device(inputs, "cuda")                                 # device: float pixels
     out = model(**batch)
-    mask = processor.post_process_masks(out.logits, image_rgb_uint8.shape[:2])  # (K, H, W) bool
+    mask = processor.post_process_masks(out.logits, image_rgb_uint8.shape[:2],
+                                        no_target_logits=out.no_target_logits)  # (K, H, W) bool
 
 The processor habit of transformers (CLIPSeg's, Segformer's): one object owns the text cleaning, the
 tokenizer and its truncation, the square resize to uint8 planes (CPU side: loader workers and the
@@ -46,10 +47,14 @@ class RefSegProcessor:
         pad_multiple: the model pads its input (bottom/right) to a multiple of this
             (``RefSegModel.pad_multiple``): its logits cover that padded extent. None: the logits are
             taken to cover 4x their size (set from the model when it is saved or wrapped).
+        no_target_threshold: a sample whose no-target probability (sigmoid of the model's
+            ``no_target_logits``) is above this gets an empty mask (``model.no_target.threshold``; taken
+            from the model's config, not saved in ``processor_config.json``).
     """
 
     def __init__(self, tokenizer, image_size: int, image_resize: str = "opencv", max_tokens: int = 20,
-                 truncation: str = "sep", align_corners: bool = False, pad_multiple: Optional[int] = None):
+                 truncation: str = "sep", align_corners: bool = False, pad_multiple: Optional[int] = None,
+                 no_target_threshold: float = 0.5):
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.image_resize = image_resize
@@ -57,6 +62,7 @@ class RefSegProcessor:
         self.truncation = truncation
         self.align_corners = bool(align_corners)
         self.pad_multiple = None if pad_multiple is None else int(pad_multiple)
+        self.no_target_threshold = float(no_target_threshold)
 
     # -- construction and files -----------------------------------------------------------------
     @classmethod
@@ -67,7 +73,8 @@ class RefSegProcessor:
             tokenizer = load_tokenizer(model_config.text.name)
         return cls(tokenizer, image_size=model_config.image_size, image_resize=model_config.image_resize,
                    max_tokens=model_config.text.max_tokens, truncation=model_config.text.truncation,
-                   align_corners=model_config.decoder.align_corners, pad_multiple=pad_multiple)
+                   align_corners=model_config.decoder.align_corners, pad_multiple=pad_multiple,
+                   no_target_threshold=model_config.no_target.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {"processor_class": type(self).__name__, "image_size": self.image_size,
@@ -89,6 +96,7 @@ class RefSegProcessor:
 
         A checkpoint written before processors existed has no ``processor_config.json``: its tokenizer
         is in ``tokenizer/`` and the settings come from ``model_config`` (its config.yaml's ``model``).
+        The no-target threshold is ``model_config``'s (default 0.5).
         """
         from .models.text import load_tokenizer
 
@@ -104,7 +112,8 @@ class RefSegProcessor:
                            image_resize=settings.get("image_resize", "opencv"),
                            max_tokens=settings.get("max_tokens", 20), truncation=settings.get("truncation", "sep"),
                            align_corners=settings.get("align_corners", False),
-                           pad_multiple=settings.get("pad_multiple"))
+                           pad_multiple=settings.get("pad_multiple"),
+                           no_target_threshold=0.5 if model_config is None else model_config.no_target.threshold)
             if model_config is None:
                 raise CheckpointError(f"{directory}: missing {PROCESSOR_FILE}")
             return cls.from_config(model_config, load_tokenizer(str(directory / LEGACY_TOKENIZER_DIR)))
@@ -197,9 +206,25 @@ class RefSegProcessor:
         return resample_from_stride(maps, input_size, size, self.align_corners, padded)
 
     def post_process_masks(self, logits: torch.Tensor, size: Sequence[int],
-                           input_size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """(B, H, W) bool masks at ``size``: object logit above background (ties go to background)."""
-        return self.post_process_logits(logits, size, input_size) > 0
+                           input_size: Optional[Sequence[int]] = None,
+                           no_target_logits: Optional[torch.Tensor] = None,
+                           no_target_threshold: Optional[float] = None) -> torch.Tensor:
+        """(B, H, W) bool masks at ``size``: object logit above background (ties go to background).
+
+        ``no_target_logits``: the model's (B,) ``RefSegOutput.no_target_logits`` (None: the model has no
+        no-target head, and the masks are the decoder's as they are). A sample whose no-target
+        probability is above ``no_target_threshold`` (default ``self.no_target_threshold``) gets an
+        all-False mask: "no object matches". Several objects come as one mask, their union.
+        """
+        masks = self.post_process_logits(logits, size, input_size) > 0
+        if no_target_logits is not None:
+            masks &= ~self.no_target(no_target_logits, no_target_threshold).to(masks.device).view(-1, 1, 1)
+        return masks
+
+    def no_target(self, no_target_logits: torch.Tensor, threshold: Optional[float] = None) -> torch.Tensor:
+        """(B,) bool: the no-target probability is above ``threshold`` (default ``self.no_target_threshold``)."""
+        t = self.no_target_threshold if threshold is None else float(threshold)
+        return torch.sigmoid(no_target_logits.float()) > t
 
     def __repr__(self) -> str:
         return (f"RefSegProcessor(image_size={self.image_size}, image_resize={self.image_resize!r}, "

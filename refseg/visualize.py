@@ -13,6 +13,17 @@ GT_COLOUR = (40, 220, 60)
 PALETTE = (TINT, (30, 144, 255), (255, 200, 0), (200, 80, 255), (0, 210, 200), (255, 105, 180))
 
 
+def no_match_message(expression: str) -> str:
+    """What demo.py prints and the overlays and the app show for an empty mask (nothing matches)."""
+    return f'no object matches "{expression}"'
+
+
+def captions(expressions: Sequence[str], masks: np.ndarray) -> list[str]:
+    """One caption per expression: the expression, or ``no_match_message`` where its mask is empty.
+    ``masks`` bool (K, H, W)."""
+    return [e if m.any() else no_match_message(e) for e, m in zip(expressions, masks)]
+
+
 def _font(size: int):
     from PIL import ImageFont
 

@@ -177,6 +177,26 @@ class DecoderConfig:
 
 
 @dataclass
+class NoTargetConfig:
+    """The learned no-target decision (generalized referring segmentation: an expression may name nothing)."""
+
+    enabled: bool = option(
+        False, "a no-target head: mean- and max-pooled decoder map (the one the mask classifier reads) -> MLP "
+        "-> one logit, 'the expression names no object here' (ReLA's no-target classifier, on this model's "
+        "features). Built only when true; trained with model.loss.no_target_weight x BCE against 'the labels "
+        "are all background'")
+    hidden_dim: Optional[int] = option(None, "width of the head's hidden layer (null: model.decoder.hidden_dim)")
+    threshold: float = option(
+        0.5, "no-target probability above which the mask is emptied (Predictor, evaluation, demo, app; ReLA: "
+        "0.5, the argmax of its two classes)")
+
+    def __post_init__(self):
+        if self.hidden_dim is not None:
+            _check_positive(self, "hidden_dim")
+        _check_range(self, "threshold", 0.0, 1.0)
+
+
+@dataclass
 class LossConfig:
     """The training losses: part of the model, which computes them when ``forward`` gets ``labels``."""
 
@@ -186,11 +206,14 @@ class LossConfig:
     deep_supervision_weight: float = option(
         0.4, "weight of the mask loss on each of two deep-supervision heads (1x1 convolutions on the decoder's "
         "stride-16 and stride-8 maps, built only when this is above 0; LAVT: 0, no heads)")
+    no_target_weight: float = option(
+        0.1, "weight of the no-target head's binary cross-entropy (model.no_target.enabled; ReLA: 0.1 on its "
+        "no-target classifier)")
 
     def __post_init__(self):
         if len(self.class_weights) != 2:
             raise ConfigError("class_weights: expected two numbers (background, object)")
-        for name in ("dice_weight", "deep_supervision_weight"):
+        for name in ("dice_weight", "deep_supervision_weight", "no_target_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
@@ -210,6 +233,8 @@ class ModelConfig:
     text: TextConfig = section(TextConfig, "text encoder")
     fusion: FusionConfig = section(FusionConfig, "PWAM and language gates")
     decoder: DecoderConfig = section(DecoderConfig, "mask decoder")
+    no_target: NoTargetConfig = section(NoTargetConfig, "the learned no-target decision (off: every expression "
+                                                        "gets its mask as the decoder draws it)")
     loss: LossConfig = section(LossConfig, "training losses (computed by the model when given labels)")
 
     def __post_init__(self):

@@ -1,8 +1,9 @@
 """Evaluation: run a model over a RefSegDataset and score it with LAVT's protocol.
 
 Scoring is at the original image size by default: the model's stride-4 logits are brought to each
-image's (H, W) in one bilinear resize (``RefSegProcessor.post_process_masks``, as the Predictor does)
-and compared with the full-resolution ground truth. ``resized_gt`` instead scores at S x S against the
+image's (H, W) in one bilinear resize (``RefSegProcessor.post_process_masks``, as the Predictor does,
+emptied where the model's no-target head says nothing matches) and compared with the full-resolution
+ground truth: the masks scored are the Predictor's. ``resized_gt`` instead scores at S x S against the
 nearest-resized ground truth, as LAVT's test.py does.
 
 With an accelerator, process r scores samples r, r + P, r + 2P, ... (no padding), and the per-sample
@@ -93,7 +94,8 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
             x = processor.to_device(batch, device)  # uint8 pixels normalised on the device
             labels = x.pop("labels")
             with autocast(device, scoring_precision(mixed_precision, resized_gt)):
-                logits = model(**x).logits.float()
+                out = model(**x)
+            logits, no_target = out.logits.float(), getattr(out, "no_target_logits", None)
             for b, idx in enumerate(batch["index"].tolist()):
                 sample = base.sample(idx)
                 target = batch["target"][b]
@@ -102,7 +104,9 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
                 if not generalized and not bool(target.any()):
                     raise DataError(f"empty ground-truth mask for {where}")
                 gt = labels[b].bool() if resized_gt else target.to(device, non_blocking=True)
-                pred = processor.post_process_masks(logits[b:b + 1], tuple(gt.shape))[0]
+                pred = processor.post_process_masks(
+                    logits[b:b + 1], tuple(gt.shape),
+                    no_target_logits=None if no_target is None else no_target[b:b + 1])[0]
                 gres = dict(pred_area=int(pred.sum()), num_targets=sample.num_targets) if generalized else {}
                 metrics.add(*intersection_union(pred, gt), idx, sample.expr_type, **gres)
     return metrics
@@ -185,11 +189,12 @@ def write_gallery(model, processor, base, metrics: SegMetrics, out_dir: str | Pa
             x = processor.to_device(item, device)
             x.pop("labels")
             with autocast(device, scoring_precision(mixed_precision, resized_gt)):
-                logits = model(**x).logits.float()
+                output = model(**x)
             sample = base.sample(idx)
             image = base.source.load_image(sample)
             gt = item["target"][0].numpy()
-            pred = processor.post_process_masks(logits, gt.shape)[0].cpu().numpy()
+            pred = processor.post_process_masks(output.logits.float(), gt.shape,
+                                                no_target_logits=getattr(output, "no_target_logits", None))[0].cpu().numpy()
             text = base.text(idx)
             name = f"{rank:02d}_idx{idx}.png"
             write_image(out / name, overlay(image, pred, text=f"IoU {100 * ious[idx]:.1f} | {text}", gt=gt))

@@ -8,8 +8,9 @@ The contract (``docs/DESIGN.md``, "The model contract")::
 
     RefSegProcessor (CPU: clean text, tokenize, resize to uint8; device: normalise)
         -> RefSegModel.forward(pixel_values, input_ids, attention_mask, labels=None)
-        -> RefSegOutput(loss, logits at stride 4, attentions, gate_magnitudes)
-        -> RefSegProcessor.post_process_masks(logits, image size)   (one resize)
+        -> RefSegOutput(loss, logits at stride 4, attentions, gate_magnitudes, no_target_logits)
+        -> RefSegProcessor.post_process_masks(logits, image size, no_target_logits=...)   (one resize;
+           empty where the no-target head, when the model has one, says nothing matches)
 
 Checkpoint directory (``save_pretrained`` / ``from_pretrained``; a local path or a Hub id)::
 
@@ -66,12 +67,39 @@ class RefSegOutput(ModelOutput):
         words with attention_mask 1; 0 for padding). The grid covers the padded input.
     gate_magnitudes: with ``output_attentions``: per gated stage (1-3), the language gate's mean
         |S| over channels, (B, h_i, w_i) float32: how much language each position lets through.
+    no_target_logits: (B,) logit of "the expression names no object in this image" from the no-target
+        head (``model.no_target.enabled``); None when the model has no head (every checkpoint trained
+        without it). ``RefSegProcessor.post_process_masks`` empties the mask where its sigmoid is above
+        ``model.no_target.threshold``.
     """
 
     loss: Optional[torch.Tensor] = None
     logits: torch.Tensor = None
     attentions: Optional[tuple[torch.Tensor, ...]] = None
     gate_magnitudes: Optional[tuple[torch.Tensor, ...]] = None
+    no_target_logits: Optional[torch.Tensor] = None
+
+
+class NoTargetHead(nn.Module):
+    """The learned no-target decision: the decoder's stride-4 map (what the mask classifier reads),
+    mean- and max-pooled over the unpadded input, -> Linear -> ReLU -> Linear -> one logit per sample.
+
+    The max-pool sees the best-matching position (is there anything the expression fits?), the mean
+    the scene as a whole; ReLA decides "no target" from its own pooled region features.
+
+    forward(hidden (B, C, h, w), valid (rows, cols) of the map that cover the unpadded input) -> (B,).
+    """
+
+    def __init__(self, in_channels: int, hidden_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * in_channels, hidden_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden_dim, 1))
+
+    def forward(self, hidden: torch.Tensor, valid: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        if valid is not None:
+            hidden = hidden[:, :, :valid[0], :valid[1]]
+        pooled = torch.cat([hidden.mean((2, 3)), hidden.amax((2, 3))], dim=1)
+        return self.mlp(pooled)[:, 0]
 
 
 def _model_config(config: Union[ModelConfig, RunConfig]) -> ModelConfig:
@@ -139,6 +167,9 @@ class RefSegModel(nn.Module):
         self.deep_heads = (nn.ModuleList([nn.Conv2d(m.decoder.hidden_dim, 2, 1) for _ in range(2)])
                            if m.loss.deep_supervision_weight > 0 else None)
         self.criterion = SegmentationLoss(m.loss)  # no parameters, no state_dict entries
+        # Built last, so that the modules above draw the same initial weights with or without it.
+        self.no_target_head = (NoTargetHead(m.decoder.hidden_dim, m.no_target.hidden_dim or m.decoder.hidden_dim)
+                               if m.no_target.enabled else None)
         self.pad_multiple = (self.encoder if self.crossvit is None else self.crossvit).pad_multiple
 
     # -- forward --------------------------------------------------------------------------------
@@ -189,6 +220,10 @@ class RefSegModel(nn.Module):
         x = pad_to_multiple(pixel_values, self.pad_multiple)
         feats, attentions, gates = self._encode(x, input_ids, attention_mask, output_attentions)
         out = self.decoder(feats)
+        no_target = None
+        if self.no_target_head is not None:  # pooled over the stride-4 cells that cover the unpadded input
+            s = self.decoder.out_stride
+            no_target = self.no_target_head(out.hidden_states[-1], (-(-size[0] // s), -(-size[1] // s)))
         loss = None
         if labels is not None:
             if tuple(labels.shape[-2:]) != tuple(size):
@@ -199,8 +234,9 @@ class RefSegModel(nn.Module):
             deep = [self.upsample_logits(head(h), size).float()
                     for head, h in zip(self.deep_heads or (), out.hidden_states[:2])]
             with torch.autocast(pixel_values.device.type, enabled=False):  # the loss is always fp32
-                loss = self.criterion(logits, labels, deep)
-        return RefSegOutput(loss=loss, logits=out.logits, attentions=attentions, gate_magnitudes=gates)
+                loss = self.criterion(logits, labels, deep, no_target)
+        return RefSegOutput(loss=loss, logits=out.logits, attentions=attentions, gate_magnitudes=gates,
+                            no_target_logits=no_target)
 
     def upsample_logits(self, logits: torch.Tensor, size) -> torch.Tensor:
         """(B, K, h, w) maps over the padded input -> (B, K, H, W) at the unpadded input size ``size``:
