@@ -224,7 +224,7 @@ def test_converted_logits_follow_lavts_equations_from_the_raw_tensors(converted,
     mask = torch.ones(2, 20, dtype=torch.long)
     mask[1, 9:] = 0
     with torch.no_grad():
-        logits = model(x, ids, mask).logits
+        logits = model.upsample_logits(model(x, ids, mask).logits, (480, 480))  # what the loss sees
         words = seen["words"].transpose(1, 2)
         # one PWAM and one gate: stage 1 (120x120 tokens)
         f1 = lavt_pwam(seen["in0"], words, mask, T, 0)
@@ -380,7 +380,7 @@ def test_fine_tuning_starts_from_a_converted_checkpoint(converted, tmp_path):
     ref = RefSegModel.from_pretrained(out).state_dict()
     assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref)
     g = torch.Generator().manual_seed(0)
-    batch = {"pixel_values": torch.randn(2, 3, 64, 64, generator=g), "input_ids": torch.randint(1000, 2000, (2, 20)),
+    batch = {"pixel_values": torch.randint(0, 256, (2, 3, 64, 64), generator=g, dtype=torch.uint8), "input_ids": torch.randint(1000, 2000, (2, 20)),
              "attention_mask": torch.ones(2, 20, dtype=torch.long), "labels": (torch.rand(2, 64, 64) > 0.5).long()}
     model.train()
     assert not model.text_encoder.model.training  # LAVT: BERT without dropout while layers 0-1 train
