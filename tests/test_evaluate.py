@@ -367,3 +367,59 @@ def test_accelerate_two_processes_equal_one(tmp_path, tokenizer):
     ds = RefSegDataset(ReferSource(tmp_path, "lr", "unc"), "val", tokenizer, S, 12, train=False)
     single = evaluate(ReadsText(tokenizer), ds, batch_size=3, shuffle_text=True, progress=False)
     assert multi == json.loads(json.dumps(single))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate.py on a real checkpoint, from the command line
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes96(tmp_path_factory):
+    """A refer-layout folder ``shapes96`` of refshapes images at 96 px, larger than the tiny model's 64:
+    scoring at the original size and at S x S (``--resized-gt``) differ on it."""
+    from refseg.data.refshapes import write_refshapes
+
+    root = tmp_path_factory.mktemp("shapes96")
+    write_refshapes(root, 2, 4, 0, 96, 5, progress=False).rename(root / "shapes96")
+    return root
+
+
+def _run_evaluate(tmp_path, *args) -> dict:
+    out = tmp_path / f"m{len(list(tmp_path.glob('m*.json')))}.json"
+    r = _cli(*args, "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _assert_scores_equal(got: dict, want: dict) -> None:
+    assert got["num_samples"] == want["num_samples"] > 0
+    for key in ("oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"):
+        assert got[key] == pytest.approx(want[key], abs=1e-9), (key, got, want)
+
+
+def test_cli_on_a_trained_checkpoint_matches_an_independent_count(trained_run, tmp_path):
+    """evaluate.py on the 6-step run's best/ (its own refshapes val split, original size) gives the numbers
+    counted here from Predictor masks and the pycocotools ground truth (conftest.score_independently)."""
+    from conftest import score_independently
+
+    base, run, _ = trained_run
+    got = _run_evaluate(tmp_path, "--checkpoint", run / "best", "--split", "val")
+    want = score_independently(run / "best", base / "data" / "refshapes", "val")
+    assert 0.0 < want["mIoU"] < 100.0, want  # a model whose masks are neither empty nor perfect
+    _assert_scores_equal(got, want)
+
+
+def test_cli_resized_gt_scores_at_the_model_size(trained_run, shapes96, tmp_path):
+    """--resized-gt from the command line: scored at S x S against the nearest-resized ground truth
+    (LAVT's test.py); without it, at the images' own 96 px. Both match the independent count, and differ."""
+    from conftest import score_independently
+
+    _, run, _ = trained_run
+    args = ("--checkpoint", run / "best", "--split", "val", "--dataset", "shapes96", "--data-root", shapes96,
+            "--split-by", "refshapes")
+    resized = _run_evaluate(tmp_path, *args, "--resized-gt")
+    original = _run_evaluate(tmp_path, *args)
+    _assert_scores_equal(resized, score_independently(run / "best", shapes96 / "shapes96", "val", resized_gt=True))
+    _assert_scores_equal(original, score_independently(run / "best", shapes96 / "shapes96", "val"))
+    assert resized["oIoU"] != original["oIoU"]
