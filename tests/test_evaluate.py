@@ -129,6 +129,40 @@ def test_resized_gt_scores_at_image_size(toy, tokenizer):
     assert r0["mIoU"] == pytest.approx(100 * int((gt & left0).sum()) / int((gt | left0).sum()))
 
 
+class Ramp(AllForeground):
+    """Object-minus-background logit rising down the rows of the S x S input: row i has margin i - 5.9."""
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        B, _, h, w = pixel_values.shape
+        out = torch.zeros(B, 2, h, w)
+        out[:, 1] = (torch.arange(h, dtype=torch.float32) - 5.9).view(h, 1)
+        return RefSegOutput(logits=out + self.p)
+
+
+def test_original_size_upsampling_is_bilinear_with_pixel_centres_aligned(tmp_path, tokenizer):
+    """DESIGN.md section 8: logits are upsampled bilinearly with pixel centres aligned (align_corners=False).
+    The ramp's zero crossing (input row 5.9 of 32) maps to original row (5.9 + 0.5) * 48 / 32 - 0.5 = 9.1, so
+    rows 10..47 are the object; align_corners=True, nearest and nearest-exact would all start at row 9."""
+    src = lr_dataset(tmp_path)  # 48 x 64 images, the target of sample 0 is the left half
+    ds = RefSegDataset(src, "val", tokenizer, S, 12, train=False)
+    gt = np.zeros((H, W), bool)
+    gt[:, : W // 2] = True
+
+    def iou(first_row: int) -> float:
+        pred = np.zeros((H, W), bool)
+        pred[first_row:] = True
+        return float((pred & gt).sum() / (pred | gt).sum())
+
+    first_row = next(y for y in range(H) if (2 * y + 1) * S * 10 > (2 * 59 + 10) * H)  # (y + .5) S/H - .5 > 5.9
+    assert first_row == 10
+    for mode, kw in [("bilinear", dict(align_corners=True)), ("nearest", {}), ("nearest-exact", {})]:
+        ramp = (torch.arange(S, dtype=torch.float32) - 5.9).view(1, 1, S, 1).expand(1, 1, S, S)
+        other = torch.nn.functional.interpolate(ramp, (H, W), mode=mode, **kw)[0, 0, :, 0] > 0
+        assert int(other.long().argmax()) == 9, mode  # the other conventions would move the boundary
+    r = evaluate(Ramp(), torch.utils.data.Subset(ds, [0]), batch_size=1, progress=False)
+    assert r["mIoU"] == pytest.approx(100 * iou(first_row)) and r["mIoU"] != pytest.approx(100 * iou(9))
+
+
 def test_per_type_and_subset(toy, tokenizer):
     ds = RefSegDataset(toy, "testB", tokenizer, S, 12, train=False)
     r = evaluate(AllForeground(), ds, progress=False)
