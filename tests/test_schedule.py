@@ -42,7 +42,8 @@ FAULTS = Path(__file__).with_name("faults.py")
 # A 33-second budget on the virtual clock of tests/faults.py (1 s per optimizer step, nothing else takes
 # time): timing starts at step 10, the first plan comes at step 30 (30 s used, 3 s left: 3 more steps)
 # and the evaluations (every 15 steps) cost nothing, so every later refit agrees: 33 steps.
-BUDGET_ARGS = ("train.max_minutes=0.55", "train.warmup_steps=5", "train.eval_every=15", "train.checkpoint_every=20")
+BUDGET_ARGS = ("train.max_minutes=0.55", "train.warmup_steps=5", "train.eval_every=15", "train.checkpoint_every=20",
+               "train.batch_size=2", "data.refshapes.num_val_images=2")  # 33 real steps: kept light
 STEP_MS, PLANNED = 1000, 33
 
 
@@ -52,7 +53,7 @@ def budget_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("budget")
     out = base / "run"
     r = run_script([FAULTS, "fakeclock", STEP_MS, "train.py", "--no-progress", "--output-dir", out,
-                    *tiny_train_args(base / "data", *BUDGET_ARGS)])
+                    *tiny_train_args(base / "data", *BUDGET_ARGS)], timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     return base / "data", out, r
 
@@ -75,10 +76,10 @@ def test_a_resumed_time_budgeted_run_keeps_its_planned_steps(budget_run, tmp_pat
     data, full, _ = budget_run
     out = tmp_path / "run"
     r = run_script([FAULTS, "fakeclock", STEP_MS, "train.py", "--no-progress", "--output-dir", out,
-                    *tiny_train_args(data, *BUDGET_ARGS, "train.stop_at_step=31")])
+                    *tiny_train_args(data, *BUDGET_ARGS, "train.stop_at_step=31")], timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"stopped at step 31/{PLANNED}" in r.stdout
-    r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", out])
+    r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", out], timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming {out} at step 31/{PLANNED}" in r.stdout
     state = json.loads((out / "state" / "trainer_state.json").read_text())
