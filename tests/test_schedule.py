@@ -39,12 +39,11 @@ def test_schedule_length_precedence_and_validation():
 
 
 FAULTS = Path(__file__).with_name("faults.py")
-# A 33-second budget on the virtual clock of tests/faults.py (1 s per optimizer step, nothing else takes
-# time): timing starts at step 10, the first plan comes at step 30 (30 s used, 3 s left: 3 more steps)
-# and the evaluations (every 15 steps) cost nothing, so every later refit agrees: 33 steps.
-BUDGET_ARGS = ("train.max_minutes=0.55", "train.warmup_steps=5", "train.eval_every=15", "train.checkpoint_every=20",
-               "train.batch_size=2", "data.refshapes.num_val_images=2")  # 33 real steps: kept light
-STEP_MS, PLANNED = 1000, 33
+# A 30-second budget on the virtual clock of tests/faults.py (0.5 s per optimizer step, nothing else takes
+# time): timing starts at step 10, the first plan comes at step 30 (15 s used, 15 s left: 30 more steps)
+# and the evaluations (every 15 steps) cost nothing, so every later refit agrees: 60 steps.
+BUDGET_ARGS = ("train.max_minutes=0.5", "train.warmup_steps=5", "train.eval_every=15", "train.checkpoint_every=20")
+STEP_MS, PLANNED = 500, 60
 
 
 @pytest.fixture(scope="module")
@@ -63,25 +62,25 @@ def test_training_fits_its_time_budget(budget_run):
     _, out, r = budget_run
     summary = json.loads((out / "summary.json").read_text())
     state = json.loads((out / "state" / "trainer_state.json").read_text())
-    assert f"step 30: 1.00 s/step, {PLANNED} steps fit train.max_minutes=0.55" in r.stdout + r.stderr
+    assert f"step 30: 0.50 s/step, {PLANNED} steps fit train.max_minutes=0.5" in r.stdout + r.stderr
     assert state["planned_steps"] == summary["steps"] == state["step"] == PLANNED
     assert state["scheduler"]["last_epoch"] == PLANNED
-    # the whole run (data generation, training, evaluations) took exactly its 33 seconds of the clock
-    assert summary["time_total_s"] == summary["time_train_s"] == PLANNED * STEP_MS / 1000 == 0.55 * 60
+    # the whole run (data generation, training, evaluations) took exactly its 30 seconds of the clock
+    assert summary["time_total_s"] == summary["time_train_s"] == PLANNED * STEP_MS / 1000 == 0.5 * 60
 
 
 def test_a_resumed_time_budgeted_run_keeps_its_planned_steps(budget_run, tmp_path):
-    """Stopped at step 31 (after its plan), resumed on the real clock: it trains to the 33 steps it had
+    """Stopped at step 40 (after its plan), resumed on the real clock: it trains to the 60 steps it had
     planned, with the uninterrupted run's schedule, and ends with exactly its weights."""
     data, full, _ = budget_run
     out = tmp_path / "run"
     r = run_script([FAULTS, "fakeclock", STEP_MS, "train.py", "--no-progress", "--output-dir", out,
-                    *tiny_train_args(data, *BUDGET_ARGS, "train.stop_at_step=31")], timeout=1200)
+                    *tiny_train_args(data, *BUDGET_ARGS, "train.stop_at_step=40")], timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"stopped at step 31/{PLANNED}" in r.stdout
+    assert f"stopped at step 40/{PLANNED}" in r.stdout
     r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", out], timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resuming {out} at step 31/{PLANNED}" in r.stdout
+    assert f"resuming {out} at step 40/{PLANNED}" in r.stdout
     state = json.loads((out / "state" / "trainer_state.json").read_text())
     assert state["step"] == json.loads((out / "summary.json").read_text())["steps"] == PLANNED
     diff = max_weight_diff(full / "last", out / "last")
