@@ -18,6 +18,10 @@ POINT names what happens, on the N-th time the process gets there:
 - ``enospc``: the N-th ``safetensors.torch.save_file`` writes half its file, then fails with ENOSPC.
 - ``clock``: never fails; new run directories are named N (a fixed timestamp, so simultaneous
   launches collide on the name).
+- ``fakeclock``: never fails; the trainer and its time budget (``train.max_minutes``) read a virtual
+  wall clock that moves by exactly N milliseconds per optimizer step and stands still otherwise (data
+  generation and evaluations take no time on it), so a time-budgeted run plans the same steps on every
+  machine.
 
 With ``FAULTS_LOG=<file>`` in the environment, every refshapes generation appends a line to it.
 """
@@ -136,6 +140,23 @@ elif point == "enospc":
         return _save_file(tensors, filename, *args, **kwargs)
 
     safetensors.torch.save_file = _patched_save_file
+elif point == "fakeclock":
+    import types
+
+    import refseg.engine.schedule
+    import refseg.engine.trainer
+
+    now = [1.0e9]
+    fake_time = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    fake_time.time = lambda: now[0]
+    refseg.engine.trainer.time = refseg.engine.schedule.time = fake_time
+    _step = torch.optim.AdamW.step
+
+    def _ticking_step(self, *args, **kwargs):
+        now[0] += count / 1000.0
+        return _step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = _ticking_step
 elif point == "clock":
     import refseg.engine.rundir
 

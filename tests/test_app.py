@@ -178,18 +178,23 @@ def _peak_rss(pid: int) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize("case", ["missing", "none_found", "broken", "threads"])
-def test_app_cli_errors_are_one_line(tmp_path, case):
+@pytest.mark.parametrize("case", ["missing", "none_found", "incomplete", "bad_config", "threads"])
+def test_app_cli_errors_are_one_line(tmp_path, case, request):
     if case == "threads":
         args, expect = ["--threads", "0"], "--threads must be at least 1"
     elif case == "missing":
         args, expect = ["--checkpoint", tmp_path / "nope"], "checkpoint directory not found"
     elif case == "none_found":
         args, expect = [], "no checkpoint found under runs"
-    else:
+    elif case == "incomplete":
         (tmp_path / "ck").mkdir()
-        (tmp_path / "ck" / "config.yaml").write_text("model: [\n")
-        args, expect = ["--checkpoint", tmp_path / "ck"], "missing model.safetensors"
+        (tmp_path / "ck" / "config.yaml").write_text("model: {}\n")
+        args, expect = ["--checkpoint", tmp_path / "ck"], f"{tmp_path / 'ck'}: missing model.safetensors"
+    else:  # a complete checkpoint whose config.yaml is not YAML: the config is read, and refused
+        ck = tmp_path / "ck"
+        shutil.copytree(request.getfixturevalue("checkpoint"), ck)
+        (ck / "config.yaml").write_text("model: [\n")
+        args, expect = ["--checkpoint", ck], f"{ck}: bad config.yaml: "
     r = run_script([REPO / "app.py", *args, "--port", str(_free_port())], cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -248,3 +253,73 @@ def test_page_in_a_real_browser(server, photo, tmp_path):
     assert tiles == 20 and "stage 3:" in explanation
     outside = sorted({u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))})
     assert not outside, f"the page fetched from outside the server: {outside[:5]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The limits, at their boundaries
+# ---------------------------------------------------------------------------------------------
+
+
+def _expression(n: int) -> str:
+    """A realistic expression of exactly ``n`` characters (single spaces, no space at either end)."""
+    words = ("the big red disc on the left of the small blue square " * 40).split()
+    text = ""
+    for w in words:
+        if len(text) + 1 + len(w) > n:
+            break
+        text = f"{text} {w}" if text else w
+    text = text + "s" * (n - len(text))
+    assert len(text) == n and "  " not in text
+    return text
+
+
+def test_expression_length_limit_at_the_boundary():
+    """300 characters are read; 301 are refused with the count and the limit (also on one line of several)."""
+    from refseg.app import MAX_EXPRESSION_CHARS, UserError, parse_expressions
+
+    assert MAX_EXPRESSION_CHARS == 300
+    ok, over = _expression(300), _expression(301)
+    assert parse_expressions(ok) == [ok]
+    assert parse_expressions(f"  {ok}\n\n") == [ok]  # surrounding spaces do not count
+    with pytest.raises(UserError, match=r"^the expression is 301 characters long; the limit is 300 "):
+        parse_expressions(over)
+    with pytest.raises(UserError, match=r"^expression 2 is 301 characters long; the limit is 300 "):
+        parse_expressions(f"the red disc\n{over}")
+
+
+def test_expression_length_limit_through_the_api(client, predictor, photo):
+    mask_png = client.predict(gradio_client.handle_file(str(photo)), _expression(300), api_name="/segment")[1]
+    assert np.array_equal(_read(mask_png) == 255, predictor.predict(_scene(), _expression(300)))
+    with pytest.raises(Exception) as e:
+        client.predict(gradio_client.handle_file(str(photo)), _expression(301), api_name="/segment")
+    assert "301 characters long; the limit is 300" in str(e.value), str(e.value)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A 1-bit PNG that claims width x height pixels and holds 64 bytes of pixel data: its header is real,
+    its pixels are not there, so it costs nothing until something decodes it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_megapixel_limit_at_the_boundary(tmp_path):
+    """The default limit, 50 megapixels: 10000 x 5000 = 50,000,000 pixels passes the header check (and
+    then fails to decode: its pixels are missing), 3 x 16,666,667 = 50,000,001 is refused from the header."""
+    from refseg.app import MAX_MEGAPIXELS, Segmenter
+    from refseg.errors import ImageReadError
+
+    assert MAX_MEGAPIXELS == 50.0
+    segmenter = Segmenter(predictor=None)  # never reached: both files fail before the model
+    at, over = tmp_path / "at.png", tmp_path / "over.png"
+    at.write_bytes(_png_header(10_000, 5_000))
+    over.write_bytes(_png_header(3, 16_666_667))
+    with pytest.raises(ImageReadError, match=r"^cannot decode image at\.png: image file is truncated"):
+        segmenter.segment(at, "the red disc")
+    with pytest.raises(ImageReadError, match=r"^image too large: 3x16666667 is 50\.0 megapixels, the limit is 50$"):
+        segmenter.segment(over, "the red disc")

@@ -132,6 +132,43 @@ def test_resized_gt_scores_at_image_size(toy, tokenizer):
     assert r0["mIoU"] == pytest.approx(100 * int((gt & left0).sum()) / int((gt | left0).sum()))
 
 
+class Ramp(AllForeground):
+    """Object-minus-background logit rising down the rows of the S x S input: input row x has margin
+    x - 5.9. The logits are at stride 4 (the model contract): sample k covers input rows 4k..4k+3, its
+    centre is row 4k + 1.5, so it carries 4k + 1.5 - 5.9; bilinear interpolation keeps a linear ramp exact."""
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        B, _, h, w = pixel_values.shape
+        h, w = h // 4, w // 4
+        out = torch.zeros(B, 2, h, w)
+        out[:, 1] = (4 * torch.arange(h, dtype=torch.float32) + 1.5 - 5.9).view(h, 1)
+        return RefSegOutput(logits=out + self.p)
+
+
+def test_original_size_upsampling_is_bilinear_with_pixel_centres_aligned(tmp_path, tokenizer):
+    """DESIGN.md section 8: logits are upsampled bilinearly with pixel centres aligned (align_corners=False).
+    The ramp's zero crossing (input row 5.9 of 32) maps to original row (5.9 + 0.5) * 48 / 32 - 0.5 = 9.1, so
+    rows 10..47 are the object; align_corners=True, nearest and nearest-exact would all start at row 9."""
+    src = lr_dataset(tmp_path)  # 48 x 64 images, the target of sample 0 is the left half
+    ds = RefSegDataset(src, "val", tokenizer, S, 12, train=False)
+    gt = np.zeros((H, W), bool)
+    gt[:, : W // 2] = True
+
+    def iou(first_row: int) -> float:
+        pred = np.zeros((H, W), bool)
+        pred[first_row:] = True
+        return float((pred & gt).sum() / (pred | gt).sum())
+
+    first_row = next(y for y in range(H) if (2 * y + 1) * S * 10 > (2 * 59 + 10) * H)  # (y + .5) S/H - .5 > 5.9
+    assert first_row == 10
+    for mode, kw in [("bilinear", dict(align_corners=True)), ("nearest", {}), ("nearest-exact", {})]:
+        ramp = (torch.arange(S, dtype=torch.float32) - 5.9).view(1, 1, S, 1).expand(1, 1, S, S)
+        other = torch.nn.functional.interpolate(ramp, (H, W), mode=mode, **kw)[0, 0, :, 0] > 0
+        assert int(other.long().argmax()) == 9, mode  # the other conventions would move the boundary
+    r = evaluate(Ramp(), torch.utils.data.Subset(ds, [0]), batch_size=1, progress=False)
+    assert r["mIoU"] == pytest.approx(100 * iou(first_row)) and r["mIoU"] != pytest.approx(100 * iou(9))
+
+
 def test_per_type_and_subset(toy, tokenizer):
     ds = RefSegDataset(toy, "testB", tokenizer, S, 12, train=False)
     r = evaluate(AllForeground(), ds, progress=False)
@@ -382,3 +419,59 @@ def test_accelerate_two_processes_equal_one(tmp_path, tokenizer):
     ds = RefSegDataset(ReferSource(tmp_path, "lr", "unc"), "val", tokenizer, S, 12, train=False)
     single = evaluate(ReadsText(tokenizer), ds, batch_size=3, shuffle_text=True, progress=False)
     assert multi == json.loads(json.dumps(single))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate.py on a real checkpoint, from the command line
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes96(tmp_path_factory):
+    """A refer-layout folder ``shapes96`` of refshapes images at 96 px, larger than the tiny model's 64:
+    scoring at the original size and at S x S (``--resized-gt``) differ on it."""
+    from refseg.data.refshapes import write_refshapes
+
+    root = tmp_path_factory.mktemp("shapes96")
+    write_refshapes(root, 2, 4, 0, 96, 5, progress=False).rename(root / "shapes96")
+    return root
+
+
+def _run_evaluate(tmp_path, *args) -> dict:
+    out = tmp_path / f"m{len(list(tmp_path.glob('m*.json')))}.json"
+    r = _cli(*args, "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _assert_scores_equal(got: dict, want: dict) -> None:
+    assert got["num_samples"] == want["num_samples"] > 0
+    for key in ("oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"):
+        assert got[key] == pytest.approx(want[key], abs=1e-9), (key, got, want)
+
+
+def test_cli_on_a_trained_checkpoint_matches_an_independent_count(trained_run, tmp_path):
+    """evaluate.py on the 6-step run's best/ (its own refshapes val split, original size) gives the numbers
+    counted here from Predictor masks and the pycocotools ground truth (conftest.score_independently)."""
+    from conftest import score_independently
+
+    base, run, _ = trained_run
+    got = _run_evaluate(tmp_path, "--checkpoint", run / "best", "--split", "val")
+    want = score_independently(run / "best", base / "data" / "refshapes", "val")
+    assert 0.0 < want["mIoU"] < 100.0, want  # a model whose masks are neither empty nor perfect
+    _assert_scores_equal(got, want)
+
+
+def test_cli_resized_gt_scores_at_the_model_size(trained_run, shapes96, tmp_path):
+    """--resized-gt from the command line: scored at S x S against the nearest-resized ground truth
+    (LAVT's test.py); without it, at the images' own 96 px. Both match the independent count, and differ."""
+    from conftest import score_independently
+
+    _, run, _ = trained_run
+    args = ("--checkpoint", run / "best", "--split", "val", "--dataset", "shapes96", "--data-root", shapes96,
+            "--split-by", "refshapes")
+    resized = _run_evaluate(tmp_path, *args, "--resized-gt")
+    original = _run_evaluate(tmp_path, *args)
+    _assert_scores_equal(resized, score_independently(run / "best", shapes96 / "shapes96", "val", resized_gt=True))
+    _assert_scores_equal(original, score_independently(run / "best", shapes96 / "shapes96", "val"))
+    assert resized["oIoU"] != original["oIoU"]

@@ -58,12 +58,23 @@ def test_sigkill_then_resume_gives_identical_weights(trained_run, tmp_path, poin
     assert diff == 0.0, f"resumed weights differ by {diff}"
 
 
+STEP_SLEEP_MS = 400  # per optimizer step (faults.py sleep): steps 3..6 take at least 4 x 0.4 s
+
+
 def test_sigkill_at_a_random_moment(trained_run, tmp_path):
-    """Kill from outside at a seeded random time after the first checkpoint, resume, compare."""
+    """Kill from outside at a random moment of steps 3..6, resume, compare: the moment is drawn afresh on
+    every run (its seed is printed; REFSEG_KILL_SEED=<seed> replays one), the step the run resumed from
+    is the one its last complete state/ holds, and the weights equal the uninterrupted run's."""
+    import os
+
     base, _, _ = trained_run
     out = tmp_path / "run"
-    # 400 ms per optimizer step: the run lasts long enough after its first state save to be hit anywhere.
-    proc = subprocess.Popen([sys.executable, str(FAULTS), "sleep", "400", "train.py", "--no-progress",
+    seed = int(os.environ.get("REFSEG_KILL_SEED") or time.time_ns() % 2**32)
+    # From the moment state/ of step 2 appears, steps 3..6 sleep 4 x 400 ms before the run can save step 6
+    # and end: a delay drawn from [0, 1.6 s) lands anywhere in them (an update, an evaluation, a save).
+    delay = random.Random(seed).uniform(0.0, 4 * STEP_SLEEP_MS / 1000)
+    print(f"kill seed {seed}: SIGKILL {delay:.3f} s after the first state/ (REFSEG_KILL_SEED={seed} replays it)")
+    proc = subprocess.Popen([sys.executable, str(FAULTS), "sleep", str(STEP_SLEEP_MS), "train.py", "--no-progress",
                              "--output-dir", str(out), *tiny_train_args(base / "data", *TRAINED_RUN)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -71,15 +82,25 @@ def test_sigkill_at_a_random_moment(trained_run, tmp_path):
         while not (out / "state" / "trainer_state.json").exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.02)
-        time.sleep(random.Random(1234).uniform(0.0, 1.2))
+            time.sleep(0.005)
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
     finally:
         rc = proc.wait(timeout=60)
         proc.stderr.close()
-    assert rc == -signal.SIGKILL, "the run finished before the kill: lengthen its steps"
-    diff = _resume_and_compare(trained_run, out)
-    assert diff == 0.0, f"resumed weights differ by {diff}"
+    assert rc == -signal.SIGKILL, f"seed {seed}: the run finished before the kill"
+    assert not (out / "last").exists()
+    saved = _state_step(out)  # the last complete state/ (saved every 2 steps; step 6 cannot be done yet)
+    assert saved in (2, 4), f"seed {seed}: state/ of step {saved}"
+    _, full, _ = trained_run
+    r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", out])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming {out} at step {saved}/6" in r.stdout, (seed, r.stdout[-2000:])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in records] == [3, 6]
+    assert _state_step(out) == 6
+    diff = max_weight_diff(full / "last", out / "last")
+    assert diff == 0.0, f"seed {seed} (resumed from step {saved}): weights differ by {diff}"
 
 
 def test_atomic_directory_failure_keeps_the_old_version(tmp_path):

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,9 @@ from refseg.data.sources.refer import ReferSource, py2_text, safe_load_pickle
 from refseg.data.types import Sample
 from refseg.errors import DataError, UnsafePickleError
 
-REALREF = Path("/work/shared/realref")
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import require_realref  # noqa: E402
+
 H, W = 48, 64
 
 
@@ -490,9 +493,8 @@ def test_open_source(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REALREF.is_dir(), reason="realref not available")
 def test_realref_loads():
-    src = ReferSource(REALREF, "realref", "realref")
+    src = ReferSource(require_realref(), "realref", "realref")
     assert src.splits() == ["test"]
     assert len(src.refs("test")) == 16
     samples = src.samples("test")
@@ -543,3 +545,18 @@ def test_lavt_configs(name, split_by):
     assert cfg.model.vision.pretrained == "xcit_small_12_p16_384.fb_dist_in1k"
     assert cfg.model.text.name == "bert-base-uncased" and cfg.model.text.trainable_layers == list(range(10))
     assert cfg.model.loss.dice_weight == 0 and cfg.model.loss.class_weights == [0.9, 1.1]
+
+
+@pytest.mark.parametrize("ci", ["true", "1", "", "false"])
+def test_missing_realref_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci):
+    """The realref tests never skip silently in CI: there ../shared is checked out beside the clone."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "REALREF", tmp_path / "nowhere")
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception),
+                       match=f"realref photos not found at {tmp_path / 'nowhere'}: ") as e:
+        conftest.require_realref()
+    assert e.type is (pytest.fail.Exception if ci in ("true", "1") else pytest.skip.Exception)
+    monkeypatch.setattr(conftest, "REALREF", tmp_path)
+    assert conftest.require_realref() == tmp_path

@@ -129,6 +129,39 @@ def test_pickle_in_place_of_safetensors_is_refused(checkpoint_copy, tmp_path):
     assert not marker.exists()
 
 
+def _corrupt(data: bytes, how: str) -> bytes:
+    """A real safetensors file (8-byte little-endian header length, JSON header, tensor bytes) damaged."""
+    import struct
+
+    n = struct.unpack("<Q", data[:8])[0]
+    if how == "truncated":  # a copy cut short: the header promises bytes that are not there
+        return data[: 8 + n + (len(data) - 8 - n) // 2]
+    if how == "garbled_header":  # bytes overwritten inside the JSON header
+        return data[:9] + b"@" * 16 + data[25:]
+    if how == "header_cut":  # the file ends inside its header
+        return data[: 8 + n // 2]
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how,cause", [
+    ("truncated", "incomplete metadata, file not fully covered"),
+    ("garbled_header", "invalid JSON in header"),
+    ("header_cut", "invalid header length"),
+])
+def test_corrupt_safetensors_is_a_checkpoint_error(checkpoint_copy, how, cause):
+    """A damaged model.safetensors: one CheckpointError naming the file and safetensors' reason."""
+    import re
+
+    from refseg.models import CheckpointError, load_checkpoint
+
+    weights = checkpoint_copy / "model.safetensors"
+    weights.write_bytes(_corrupt(weights.read_bytes(), how))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(checkpoint_copy)
+    assert re.fullmatch(re.escape(f"{weights}: cannot read weights (Error while deserializing header: {cause}")
+                        + r".*\)", str(e.value)), str(e.value)
+
+
 def test_python_tag_in_config_yaml_is_refused(checkpoint_copy, tmp_path):
     from refseg.models import CheckpointError, load_checkpoint
 
@@ -173,7 +206,7 @@ def test_pickle_payload_as_text_encoder_weights_is_refused(tmp_path):
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                vocab_size=100).save_pretrained(str(folder))
     (folder / "pytorch_model.bin").write_bytes(_payload_bytes(marker))
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # torch.load(weights_only=True)
         TextEncoder(str(folder))
     assert not marker.exists()
 

@@ -176,6 +176,87 @@ def test_reader_of_a_directory_replaced_mid_read(tmp_path, swap_mode):
     assert read_directory(target, read) == 2 and calls == ["1", "2"]
 
 
+def _stamp(model, processor, version: int) -> None:
+    """Make ``version`` part of every file a checkpoint load reads."""
+    with torch.no_grad():
+        for p in model.parameters():  # model.safetensors: every tensor
+            p.view(-1)[0] = float(version)
+    model.config.text.max_tokens = 100 + version  # config.yaml (model.text.max_tokens shapes no weight)
+    model.text_encoder.model.config.refseg_version = version  # text/config.json
+    processor.max_tokens = 200 + version  # processor_config.json
+    processor.tokenizer.model_max_length = 1000 + version  # tokenizer_config.json
+
+
+def _versions(model, processor) -> dict:
+    """{file: the versions a loaded (model, processor) got from it}."""
+    return {"model.safetensors": {p.detach().view(-1)[0].item() for p in model.parameters()},
+            "config.yaml": {model.config.text.max_tokens - 100},
+            "text/config.json": {getattr(model.text_encoder.model.config, "refseg_version", None)},
+            "processor_config.json": {processor.max_tokens - 200},
+            "tokenizer_config.json": {processor.tokenizer.model_max_length - 1000}}
+
+
+_MID_LOAD: dict = {"target": None}
+
+
+def _swap_at_second_file(event: str, args) -> None:
+    """Audit hook (sys.addaudithook, installed once): while ``_MID_LOAD`` is armed, the second distinct file
+    a load opens under its target directory triggers one save of a new version first, so the load reads
+    its first file(s) from one version and the rest from the next unless it notices and reads again."""
+    st = _MID_LOAD
+    if event != "open" or st["target"] is None or st["busy"] or st["done"] or isinstance(args[0], int):
+        return
+    path = os.fsdecode(args[0])
+    if not path.startswith(st["target"] + os.sep):
+        return
+    st["opened"].add(path)
+    if len(st["opened"]) == 2:
+        st["busy"] = True
+        try:
+            st["save"]()
+        finally:
+            st["busy"], st["done"] = False, True
+
+
+def test_a_save_between_two_files_of_one_load_is_never_mixed(trained_run, tmp_path):
+    """Deterministic: each load (load_checkpoint, as demo.py and evaluate.py; Predictor.from_pretrained, as
+    app.py) is interrupted between the files it reads by a whole save of the next version (the platform's
+    own swap), and every file carries the version: the load must come back whole, from the newer one."""
+    import sys
+
+    from refseg.models import load_checkpoint
+    from refseg.predictor import Predictor
+
+    _, run, _ = trained_run
+    model, processor = load_checkpoint(run / "best")
+    target = tmp_path / "best"
+    saved = [0]
+
+    def save_next() -> None:
+        saved.append(saved[-1] + 1)
+        _stamp(model, processor, saved[-1])
+        model.save_pretrained(target, processor=processor)
+
+    _stamp(model, processor, 0)
+    model.save_pretrained(target, processor=processor)
+    if not _MID_LOAD.get("installed"):
+        sys.addaudithook(_swap_at_second_file)
+        _MID_LOAD["installed"] = True
+    loaders = [lambda: load_checkpoint(target),
+               lambda: (lambda p: (p.model, p.processor))(Predictor.from_pretrained(target, device="cpu"))]
+    try:
+        for load in loaders:
+            _MID_LOAD.update(target=str(target), save=save_next, opened=set(), busy=False, done=False)
+            loaded = load()
+            assert _MID_LOAD["done"], "the load opened fewer than two files: nothing was interrupted"
+            _MID_LOAD["target"] = None
+            versions = _versions(*loaded)
+            assert all(v == {saved[-1]} for v in versions.values()), f"one load mixed versions: {versions}"
+    finally:
+        _MID_LOAD["target"] = None
+    assert saved == [0, 1, 2]
+
+
 def test_checkpoint_loaders_in_a_loop_while_best_is_saved(trained_run, tmp_path, monkeypatch):
     """Predictor.from_pretrained / load_checkpoint (demo.py, evaluate.py) read best/ over and over while
     another thread saves it again and again with different weights (the platform's own swap: the
@@ -189,9 +270,7 @@ def test_checkpoint_loaders_in_a_loop_while_best_is_saved(trained_run, tmp_path,
     target = tmp_path / "best"
 
     def save_version(version: int) -> None:
-        with torch.no_grad():
-            for p in model.parameters():  # every tensor carries the version number
-                p.view(-1)[0] = float(version)
+        _stamp(model, processor, version)  # every file carries the version number
         model.save_pretrained(target, processor=processor)
 
     save_version(0)
@@ -220,11 +299,14 @@ def test_checkpoint_loaders_in_a_loop_while_best_is_saved(trained_run, tmp_path,
     seen, deadline = [], time.monotonic() + 120
     try:  # at least 4 loads and until a load sees a later save (loads can be faster than saves)
         while (len(seen) < 4 or len(set(seen)) < 2) and time.monotonic() < deadline:
-            loaded = (Predictor.from_pretrained(target, device="cpu").model if len(seen) % 2
-                      else load_checkpoint(target)[0])
-            versions = {p.detach().view(-1)[0].item() for p in loaded.parameters()}
-            assert len(versions) == 1, f"one load mixed versions {sorted(versions)}"
-            seen.append(versions.pop())
+            if len(seen) % 2:
+                predictor = Predictor.from_pretrained(target, device="cpu")
+                loaded = predictor.model, predictor.processor
+            else:
+                loaded = load_checkpoint(target)
+            versions = _versions(*loaded)
+            assert len(set().union(*versions.values())) == 1, f"one load mixed versions {versions}"
+            seen.append(versions["config.yaml"].pop())
     finally:
         stop.set()
         thread.join()

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from conftest import run_script, tiny_train_args
+from conftest import max_weight_diff, run_script, tiny_train_args
 from refseg.config import ConfigError, load_config
 from refseg.engine.schedule import poly_warmup_lambda, steps_within_budget
 
@@ -37,19 +38,50 @@ def test_schedule_length_precedence_and_validation():
         load_config(overrides=["train.max_steps=0"])
 
 
-def test_training_fits_its_time_budget(tmp_path):
-    out = tmp_path / "run"
-    args = tiny_train_args(tmp_path / "data", "train.max_minutes=0.5", "train.warmup_steps=5",
-                           "train.eval_every=15", "train.checkpoint_every=1000")
-    r = run_script(["train.py", "--no-progress", "--output-dir", out, *args])
+FAULTS = Path(__file__).with_name("faults.py")
+# A 30-second budget on the virtual clock of tests/faults.py (0.5 s per optimizer step, nothing else takes
+# time): timing starts at step 10, the first plan comes at step 30 (15 s used, 15 s left: 30 more steps)
+# and the evaluations (every 15 steps) cost nothing, so every later refit agrees: 60 steps.
+BUDGET_ARGS = ("train.max_minutes=0.5", "train.warmup_steps=5", "train.eval_every=15", "train.checkpoint_every=20")
+STEP_MS, PLANNED = 500, 60
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    """(data root, run dir, CompletedProcess) of an uninterrupted time-budgeted run on the fake clock."""
+    base = tmp_path_factory.mktemp("budget")
+    out = base / "run"
+    r = run_script([FAULTS, "fakeclock", STEP_MS, "train.py", "--no-progress", "--output-dir", out,
+                    *tiny_train_args(base / "data", *BUDGET_ARGS)], timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
+    return base / "data", out, r
+
+
+def test_training_fits_its_time_budget(budget_run):
+    """The plan follows from the measured speed alone, and the run keeps to its budget, on any machine."""
+    _, out, r = budget_run
     summary = json.loads((out / "summary.json").read_text())
     state = json.loads((out / "state" / "trainer_state.json").read_text())
-    # the step count was planned from the measured speed, recorded, and trained to the end
-    assert "steps fit train.max_minutes=0.5" in r.stdout + r.stderr
-    assert state["planned_steps"] == summary["steps"] == state["step"] > 30  # first fit after step 30
-    assert state["scheduler"]["last_epoch"] == summary["steps"]
-    # ... and the whole run (data generation, training, evaluations) kept to its 30-second budget. The
-    # first plan comes at step 30; on a machine too slow for even that, the run must stop right after it.
-    if summary["steps"] > 31:
-        assert summary["time_total_s"] <= 1.3 * 0.5 * 60, summary
+    assert f"step 30: 0.50 s/step, {PLANNED} steps fit train.max_minutes=0.5" in r.stdout + r.stderr
+    assert state["planned_steps"] == summary["steps"] == state["step"] == PLANNED
+    assert state["scheduler"]["last_epoch"] == PLANNED
+    # the whole run (data generation, training, evaluations) took exactly its 30 seconds of the clock
+    assert summary["time_total_s"] == summary["time_train_s"] == PLANNED * STEP_MS / 1000 == 0.5 * 60
+
+
+def test_a_resumed_time_budgeted_run_keeps_its_planned_steps(budget_run, tmp_path):
+    """Stopped at step 40 (after its plan), resumed on the real clock: it trains to the 60 steps it had
+    planned, with the uninterrupted run's schedule, and ends with exactly its weights."""
+    data, full, _ = budget_run
+    out = tmp_path / "run"
+    r = run_script([FAULTS, "fakeclock", STEP_MS, "train.py", "--no-progress", "--output-dir", out,
+                    *tiny_train_args(data, *BUDGET_ARGS, "train.stop_at_step=40")], timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"stopped at step 40/{PLANNED}" in r.stdout
+    r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", out], timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming {out} at step 40/{PLANNED}" in r.stdout
+    state = json.loads((out / "state" / "trainer_state.json").read_text())
+    assert state["step"] == json.loads((out / "summary.json").read_text())["steps"] == PLANNED
+    diff = max_weight_diff(full / "last", out / "last")
+    assert diff == 0.0, f"resumed weights differ by {diff}"
