@@ -90,7 +90,7 @@ def test_failed_save_before_any_state_says_start_again(tiny_cfg, tmp_path):
                     f"--overwrite --output-dir {tmp_path / 'run'}")
     trainer._saved_step = 2
     assert trainer._save_failure("best", "x").endswith(
-        f"(state/ of step 2): free some space, then continue with: accelerate launch train.py --resume "
+        f"(state/ of step 2): free some space, then continue with: accelerate launch -q train.py --resume "
         f"--output-dir {tmp_path / 'run'}")
 
 

@@ -422,7 +422,7 @@ class Trainer:
 
     @property
     def resume_command(self) -> str:
-        return f"accelerate launch train.py --resume --output-dir {self.out}"
+        return f"accelerate launch -q train.py --resume --output-dir {self.out}"
 
     def load_state(self) -> None:
         """Restore model, optimiser, RNG, schedule and counters from ``state/``."""
