@@ -8,7 +8,8 @@
 Prints P@0.5..P@0.9, oIoU and mIoU (percent, two decimals), one row per split. Scoring is at the
 original image size; ``--resized-gt`` scores at image_size x image_size in fp32 like LAVT's test.py.
 ``--shuffle-text`` pairs every image with another object's expression (the language ablation).
-``--out`` is a plain file and is replaced if it exists; a non-empty ``--gallery`` directory is refused
+``--out`` is a plain file and is replaced if it exists; it records what was scored (checkpoint,
+dataset, split_by, splits, shuffle_text, resized_gt) beside the results of each split; a non-empty ``--gallery`` directory is refused
 unless ``--overwrite`` moves it aside (to DIR.old-<n>).
 """
 from __future__ import annotations
@@ -93,11 +94,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
         return load_run_config(ckpt / "config.yaml")
 
+    from refseg.engine.rundir import check_output_dir
+
     ckpt = Path(args.checkpoint).expanduser()
     cfg = read_directory(ckpt, read_config)  # safe while a training run replaces it
     data = _data_config(cfg, args)
+    # Every argument is checked before any work (a refshapes generation takes seconds and disk space).
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory: give a file name such as {Path(args.out) / 'metrics.json'}")
+    if args.gallery:
+        check_output_dir(args.gallery, args.overwrite)
     if data.name == "refshapes":  # deterministic: regenerate the exact data the model trained on
-        from refseg.data.refshapes import ensure_refshapes
+        from refseg.data.refshapes import SPLITS, ensure_refshapes
+        if args.split != "all" and args.split not in SPLITS:
+            raise UserError(f"unknown split '{args.split}' for refshapes: valid splits are "
+                            f"{', '.join([*SPLITS, 'all'])}")
         ensure_refshapes(data, progress=not args.no_progress)
     if not is_hf_export(data.name) and not Path(data.root).expanduser().is_dir():
         raise UserError(f"data root not found: {data.root} (use --data-root; see docs/DATA.md)")
@@ -153,7 +164,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.gallery:
             print(f"gallery: {args.gallery}")
         if args.out:
-            payload = results[eval_splits[0]] if args.split != "all" else results
+            payload = {  # what was scored, then the scores: one shape for one split and for --split all
+                "checkpoint": str(ckpt), "dataset": data.name, "data_root": str(data.root),
+                "split_by": data.split_by, "splits": eval_splits, "shuffle_text": bool(args.shuffle_text),
+                "resized_gt": bool(resized_gt), "max_samples": args.max_samples, "results": results}
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out, json.dumps(payload, indent=2) + "\n")

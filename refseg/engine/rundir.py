@@ -293,19 +293,25 @@ def _refuse_if_in_use(path: Path) -> None:
         os.close(fd)
 
 
+def check_output_dir(path: str | Path, overwrite: bool = False, option: str = "--gallery") -> Path:
+    """Raise what ``claim_output_dir`` would refuse, changing nothing (a command's check before its work)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"{option} {path} is a file, not a directory: choose another {option}")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise RunDirectoryError(f"{option} {path} is not empty: choose another {option}, or add --overwrite "
+                                f"(keeps the old contents as {_next_aside(path)})")
+    return path
+
+
 def claim_output_dir(path: str | Path, overwrite: bool = False, option: str = "--gallery") -> Path:
     """An output directory a command fills (e.g. ``evaluate.py --gallery``): new, or existing and empty.
 
     A non-empty one is refused (``RunDirectoryError`` naming ``option``), or with ``overwrite`` moved
     to ``<path>.old-<n>``. The directory exists afterwards (created by an exclusive mkdir when new).
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirectoryError(f"{option} {path} is a file, not a directory: choose another {option}")
+    path = check_output_dir(path, overwrite, option)
     if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise RunDirectoryError(f"{option} {path} is not empty: choose another {option}, or add --overwrite "
-                                    f"(keeps the old contents as {_next_aside(path)})")
         move_aside(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -339,4 +345,4 @@ def on_main_process(decide: Callable[[], T], state=None) -> T:
 
 
 __all__ = ["RunDirectory", "finished_summary", "run_entries", "has_state", "latest_run", "resolve_run_dir", "move_aside",
-           "create_unique_dir", "claim_output_dir", "on_main_process", "RUN_ENTRIES", "TRAINER_STATE"]
+           "create_unique_dir", "check_output_dir", "claim_output_dir", "on_main_process", "RUN_ENTRIES", "TRAINER_STATE"]
