@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 
 from .data.io import read_image, write_image
 from .errors import ImageReadError, UserError
-from .visualize import PALETTE, overlay
+from .visualize import PALETTE, overlay, printable_line
 
 MAX_MEGAPIXELS = 50.0  # a 48-megapixel phone photo fits; decoding it takes 150 MB, its masks 50 MB each
 MAX_EXPRESSION_CHARS = 300  # RefCOCOg's longest expressions are far shorter; the model reads max_tokens
@@ -37,7 +38,10 @@ def parse_expressions(text: Optional[str]) -> list[str]:
     """The box's text -> one expression per non-empty line (spaces collapsed); UserError if unusable."""
     if text is None or not str(text).strip():
         raise UserError("the expression is empty: type what to segment, e.g. \"the man on the left\"")
-    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    # Lines are what the box's Enter / Shift+Enter make (\n, \r\n, \r); each becomes one plain line:
+    # U+2028 and the other separators str.splitlines() honours are spaces, bidi overrides and other
+    # control characters are dropped (printable_line), so one expression stays one, in reading order.
+    lines = [printable_line(line) for line in re.split(r"\r\n|\r|\n", str(text))]
     lines = [line for line in lines if line]
     if len(lines) > MAX_EXPRESSIONS:
         raise UserError(f"{len(lines)} expressions: at most {MAX_EXPRESSIONS} at a time (one per line)")
