@@ -197,3 +197,28 @@ def test_captions_stay_one_line_in_reading_order_without_boxes():
         assert not boxes, (text, shown, boxes)
         assert all(c in shown for c in text if c != " ") or "[" in shown, shown  # kept, or written out
     assert "dog face" in caption_font_and_text("🐶", 20)[1] or caption_font_and_text("🐶", 20)[1] == "🐶"
+
+
+def test_the_pixel_limit_is_ours_and_pil_is_left_alone(tmp_path):
+    """A header beyond PIL's own limit gets our message with our limit; PIL's global is not changed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def png_header_only(w, h):  # a PNG whose header says w x h, with (almost) no pixel data
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    before = Image.MAX_IMAGE_PIXELS
+    p = tmp_path / "bomb.png"
+    p.write_bytes(png_header_only(60000, 60000))
+    with pytest.raises(ImageReadError, match=r"too large: .*bomb.png is 3600.0 megapixels, the limit is 50$"):
+        read_image(p, max_pixels=50_000_000)
+    with pytest.raises(ImageReadError, match=r"too large: .*3600.0 megapixels, the limit is \d"):
+        read_image(p)
+    p.write_bytes(png_header_only(12000, 10000))  # 120 MP: beyond PIL's warning level, within its limit
+    with pytest.raises(ImageReadError, match="too large: 12000x10000 is 120.0 megapixels, the limit is 50$"):
+        read_image(p, max_pixels=50_000_000)
+    assert Image.MAX_IMAGE_PIXELS == before
