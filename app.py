@@ -52,24 +52,28 @@ def main(argv=None) -> int:
     photos = app.folder_examples(args.examples) if args.examples else []
     if importlib.util.find_spec("gradio") is None:  # before the model load; importing it takes seconds
         app.offline_gradio()  # raises the UserError that says how to install it
+    app.check_port(args.host, args.port)  # before the model load, too
     if not args.checkpoint:
         print(f"using the newest checkpoint: {ckpt}")
     import torch
 
+    from refseg.cli import check_device
     from refseg.predictor import Predictor
 
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device is available here (use --device cpu)")
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = Predictor.from_pretrained(ckpt, device=args.device)
     segmenter = app.Segmenter(predictor, max_megapixels=args.max_megapixels or app.MAX_MEGAPIXELS)
     examples = app.dataset_examples(predictor.run_config)
-    demo = app.build_demo(segmenter, examples=examples, photos=photos, title="refseg")
+    synthetic = predictor.run_config.data.name in ("refshapes", "grefshapes")
+    demo = app.build_demo(segmenter, examples=examples, photos=photos, title="refseg",
+                          note=app.SYNTHETIC_NOTE if synthetic else "")
     print(f"model {ckpt} on {predictor.device} ({torch.get_num_threads()} threads); {len(examples)} dataset "
           f"examples, {len(photos)} photos")
-    # Gradio serves files only from its cache and the folders named here.
-    allowed = {str(Path(p).parent) for p, _ in examples} | ({args.examples} if args.examples else set())
+    # Gradio serves files only from its cache and these: the example images themselves, one by one
+    # (never the folders they are in).
+    allowed = {str(Path(p).resolve()) for p, _ in examples} | set(photos)
     app.launch(demo, args.host, args.port, allowed_paths=sorted(allowed))
     return 0
 

@@ -6,8 +6,10 @@
     python demo.py --image photo.jpg --text "the dog" --explain explain/   # where each word looked
 
 Without --checkpoint the newest runs/*/best is used. A checkpoint trained on refshapes (the default
-run's synthetic shapes) knows shapes, not people or objects: the demo says so. For photos, train on
-RefCOCO (configs/refcoco.yaml) or convert LAVT's published weights (README, "Use LAVT's published weights").
+run's synthetic shapes) knows shapes, not people or objects: on any image other than one of refshapes'
+own (under the checkpoint's <data.root>/refshapes/) the demo says so. For photos, train on RefCOCO
+(configs/refcoco.yaml) or convert LAVT's published weights (README, "Use LAVT's published weights").
+An --explain directory must be new or empty, unless --overwrite moves the old one to DIR.old-<n>.
 
 An expression that names several objects gets one mask, their union. When nothing matches (the mask
 is empty, e.g. because the checkpoint's no-target head says so) the demo prints and captions
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", default=None, metavar="DIR",
                    help="also write the PWAMs' word attention: one PNG per (word, stage) at the image's size "
                         "and contact_sheet.png, into DIR")
+    p.add_argument("--overwrite", action="store_true", help="a non-empty --explain directory is moved to "
+                                                            "<dir>.old-<n> (never deleted) and written afresh")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
@@ -45,9 +49,20 @@ SYNTHETIC_NOTE = ("note: this checkpoint was trained on refshapes (synthetic sha
                   "(README: Use LAVT's published weights)")
 
 
+def is_refshapes_image(image: str | Path, data) -> bool:
+    """Whether ``image`` is one of the synthetic dataset's own (under ``<data.root>/<data.name>``:
+    refshapes or grefshapes)."""
+    try:
+        Path(image).resolve().relative_to((Path(data.root).expanduser() / data.name).resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from refseg.cli import quiet_libraries
+    from refseg.cli import check_device, quiet_libraries
+    from refseg.engine.rundir import check_output_dir, claim_output_dir
     from refseg.errors import UserError
     quiet_libraries()
     from refseg.data.io import read_image, write_image
@@ -57,19 +72,23 @@ def main(argv=None) -> int:
     if not args.text.strip():
         raise UserError("--text is empty: give an expression such as \"the man on the left\"")
     image = read_image(args.image)  # validate the input before the (slower) model load
+    if args.explain:
+        check_output_dir(args.explain, args.overwrite, option="--explain")
     ckpt = resolve_checkpoint(args.checkpoint)  # a local directory, or a Hub id's snapshot in the cache
+    check_device(args.device)
     if not args.checkpoint:
         print(f"using the newest checkpoint: {ckpt}")
     from refseg.predictor import Predictor
 
     predictor = Predictor.from_pretrained(ckpt, device=args.device)  # checked and read once
-    if predictor.run_config.data.name in ("refshapes", "grefshapes"):
+    data = predictor.run_config.data
+    if data.name in ("refshapes", "grefshapes") and not is_refshapes_image(args.image, data):
         print(SYNTHETIC_NOTE)
     text = predictor.processor.clean_text(args.text)  # for the caption; the processor cleans what it encodes
     if args.explain:  # one forward pass gives the mask and the attention maps
         explanation = predictor.explain(image, args.text)
         mask = explanation.mask
-        paths = explanation.write(args.explain, image)
+        paths = explanation.write(claim_output_dir(args.explain, args.overwrite, option="--explain"), image)
         gates = ", ".join(f"stage {i + 1} {g:.3f}" for i, g in enumerate(explanation.gate_means))
         print(f"word attention of {len(explanation.tokens)} tokens x {explanation.num_stages} stages: "
               f"{len(paths)} images in {args.explain} (contact_sheet.png); language gate mean |S|: {gates}")

@@ -9,7 +9,9 @@
 Prints P@0.5..P@0.9, oIoU and mIoU (percent, two decimals), one row per split. Scoring is at the
 original image size; ``--resized-gt`` scores at image_size x image_size in fp32 like LAVT's test.py.
 ``--shuffle-text`` pairs every image with another object's expression (the language ablation).
-``--out`` is a plain file and is replaced if it exists; a non-empty ``--gallery`` directory is refused
+``--out`` is a plain file and is replaced if it exists; it records what was scored (checkpoint,
+dataset, split_by, splits, shuffle_text, resized_gt) beside ``results`` (split -> numbers), and with
+one split that split's numbers at the top level too. A non-empty ``--gallery`` directory is refused
 unless ``--overwrite`` moves it aside (to DIR.old-<n>).
 
 On a generalized dataset (gRefCOCO layout: grefcoco, grefshapes) it prints the GRES table (gIoU, cIoU,
@@ -95,6 +97,21 @@ def _ensure_synthetic(data, progress: bool) -> None:
         ensure_grefshapes(data, progress=progress)
 
 
+def _write_out(path: str, what: dict, results: dict) -> None:
+    """``--out``: what was scored, then ``splits`` and ``results`` (split -> its numbers), one shape for
+    one split and for ``--split all``; with one split its numbers are also at the top level (``mIoU``,
+    ``oIoU``, ... or ``gIoU``, ``cIoU``, ``N_acc``, ``T_acc``, ``num_samples``, ...). Replaced if it exists."""
+    from refseg.utils import atomic_write_text
+
+    payload = {**what, "splits": list(results), "results": results}
+    if len(results) == 1:
+        payload.update(next(iter(results.values())))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def _print_results(results: dict, header: str) -> None:
     """LAVT's table, or the GRES table with the breakdown by number of targets on generalized data."""
     from refseg.metrics import format_gres_breakdown, format_gres_table, format_per_type, format_table
@@ -116,7 +133,6 @@ def _main_predictions(args) -> int:
     from refseg.data.check import default_split_by
     from refseg.data.sources import is_hf_export, open_source
     from refseg.engine.predictions import score_predictions
-    from refseg.utils import atomic_write_text
 
     for flag in ("shuffle_text", "resized_gt", "gallery", "batch_size", "num_workers"):
         if getattr(args, flag) not in (None, False):
@@ -142,11 +158,9 @@ def _main_predictions(args) -> int:
                                         progress=not args.no_progress).compute() for split in eval_splits}
     _print_results(results, f"{pred_dir} on {data.name} ({data.split_by}), scored at original size")
     if args.out:
-        payload = results[eval_splits[0]] if args.split != "all" else results
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {out}")
+        _write_out(args.out, {"checkpoint": None, "predictions": str(pred_dir), "dataset": data.name,
+                              "data_root": str(data.root), "split_by": data.split_by, "shuffle_text": False,
+                              "resized_gt": False, "max_samples": args.max_samples}, results)
     return 0
 
 
@@ -175,17 +189,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from refseg.config import load_run_config
     from refseg.data.sources import is_hf_export, open_source  # torch-free: bad input fails fast
     from refseg.hub import resolve_checkpoint
-    from refseg.utils import atomic_write_text, read_directory
+    from refseg.utils import read_directory
 
     def read_config(ckpt: Path):
         if not (ckpt / "config.yaml").is_file():
             raise UserError(f"{ckpt}: not a checkpoint directory (no config.yaml)")
         return load_run_config(ckpt / "config.yaml")
 
+    from refseg.engine.rundir import check_output_dir
+
     ckpt = resolve_checkpoint(args.checkpoint)  # a local directory, or a Hub id's snapshot
     # the data settings, read before the (slower) model load so a bad dataset or split fails fast
     cfg = read_directory(ckpt, read_config)  # safe while a training run replaces it
     data = _data_config(cfg, args)
+    # Every argument is checked before any work (a refshapes generation takes seconds and disk space).
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory: give a file name such as {Path(args.out) / 'metrics.json'}")
+    if args.gallery:
+        check_output_dir(args.gallery, args.overwrite)
+    if data.name in ("refshapes", "grefshapes"):
+        from refseg.data.refshapes import SPLITS
+        if args.split != "all" and args.split not in SPLITS:
+            raise UserError(f"unknown split '{args.split}' for {data.name}: valid splits are "
+                            f"{', '.join([*SPLITS, 'all'])}")
     _ensure_synthetic(data, progress=not args.no_progress)  # deterministic: the exact data the model trained on
     if not is_hf_export(data.name) and not Path(data.root).expanduser().is_dir():
         raise UserError(f"data root not found: {data.root} (use --data-root; see docs/DATA.md)")
@@ -233,11 +259,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.gallery:
             print(f"gallery: {args.gallery}")
         if args.out:
-            payload = results[eval_splits[0]] if args.split != "all" else results
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
-            print(f"wrote {out}")
+            _write_out(args.out, {"checkpoint": args.checkpoint, "checkpoint_path": str(ckpt), "predictions": None,
+                                  "dataset": data.name, "data_root": str(data.root), "split_by": data.split_by,
+                                  "shuffle_text": bool(args.shuffle_text), "resized_gt": bool(resized_gt),
+                                  "max_samples": args.max_samples}, results)
     accelerator.wait_for_everyone()
     return 0
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train a referring-segmentation model.
 
-    accelerate launch train.py                       # the embedded default (refshapes, CPU-sized)
-    accelerate launch train.py --config configs/refcoco.yaml --output-dir runs/refcoco
-    accelerate launch train.py --resume              # continue the newest run
-    accelerate launch train.py --output-dir runs/x --overwrite    # start over; the old run -> runs/x.old-1
-    accelerate launch train.py --config configs/lavt_refcoco.yaml --init-from checkpoints/lavt_refcoco   # fine-tune
+    accelerate launch -q train.py                    # the embedded default (refshapes, CPU-sized)
+    accelerate launch -q train.py --config configs/refcoco.yaml --output-dir runs/refcoco
+    accelerate launch -q train.py --resume           # continue the newest run
+    accelerate launch -q train.py --output-dir runs/x --overwrite  # start over; the old run -> runs/x.old-1
+    accelerate launch -q train.py --config configs/lavt_refcoco.yaml --init-from checkpoints/lavt_refcoco   # fine-tune
     python train.py train.max_steps=200 model.image_size=160
     python train.py --help-config                    # every config key with its type, default and help
 
@@ -23,7 +23,7 @@ from refseg.cli import ArgumentParser
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="train.py", description=__doc__.split("\n\n")[0],
-        epilog="Example: accelerate launch train.py train.max_steps=500 model.crossvit.enabled=false",
+        epilog="Example: accelerate launch -q train.py train.max_steps=500 model.crossvit.enabled=false",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
                    help="YAML config (default: the embedded defaults, same as configs/default.yaml)")
@@ -48,7 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def die_with_the_launcher() -> None:
+    """Under ``accelerate launch`` (or torchrun), stop when the launcher dies, even by ``kill -9``.
+
+    The launcher runs this script as its child; killed with SIGKILL it cannot pass the signal on, and
+    the training would go on as an orphan. Linux delivers SIGTERM to the child when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing changes. The run's state stays resumable.
+    """
+    import os
+    import sys
+
+    launched = "ACCELERATE_USE_CPU" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    if not launched or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG = 1
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before prctl: we are already an orphan
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv=None) -> int:
+    die_with_the_launcher()
     args = build_parser().parse_intermixed_args(argv)
     if args.help_config:
         from refseg.config import format_config_help
@@ -57,7 +84,7 @@ def main(argv=None) -> int:
     from refseg.cli import quiet_libraries
     quiet_libraries()
     from refseg.config import load_config, load_run_config
-    from refseg.engine.rundir import resolve_run_dir
+    from refseg.engine.rundir import finished_summary, resolve_run_dir
     from refseg.engine.trainer import train
 
     if args.init_from:
@@ -65,6 +92,16 @@ def main(argv=None) -> int:
     if args.resume:
         out = resolve_run_dir(args.output_dir, resume=True)
         cfg = load_run_config(out / "config.yaml", args.overrides)
+        done = finished_summary(out, cfg)
+        if done is not None:  # nothing to continue: repeating its final evaluation would only rewrite it
+            import os
+            if os.environ.get("RANK", "0") == "0":
+                val = done.get("val") or {}
+                score = f"; val mIoU {val['mIoU']:.2f}" if "mIoU" in val else ""
+                print(f"{out} is finished ({done['steps']} steps{score}; best checkpoint: {out}/best): nothing "
+                      f"to resume. To train it further, raise train.max_steps (or max_epochs / max_minutes) "
+                      f"with --resume, or start a new run.")
+            return 0
     else:
         out = args.output_dir
         cfg = load_config(args.config, args.overrides)

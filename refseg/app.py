@@ -13,7 +13,12 @@ at a time (a queue), so memory stays bounded by one request at the size limits b
 from __future__ import annotations
 
 import contextlib
+import html
+import ipaddress
 import os
+import re
+import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ import numpy as np
 
 from .data.io import read_image, write_image
 from .errors import ImageReadError, UserError
-from .visualize import PALETTE, captions, no_match_message, overlay
+from .visualize import PALETTE, captions, no_match_message, overlay, printable_line
 
 MAX_MEGAPIXELS = 50.0  # a 48-megapixel phone photo fits; decoding it takes 150 MB, its masks 50 MB each
 MAX_EXPRESSION_CHARS = 300  # RefCOCOg's longest expressions are far shorter; the model reads max_tokens
@@ -37,7 +42,10 @@ def parse_expressions(text: Optional[str]) -> list[str]:
     """The box's text -> one expression per non-empty line (spaces collapsed); UserError if unusable."""
     if text is None or not str(text).strip():
         raise UserError("the expression is empty: type what to segment, e.g. \"the man on the left\"")
-    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    # Lines are what the box's Enter / Shift+Enter make (\n, \r\n, \r); each becomes one plain line:
+    # U+2028 and the other separators str.splitlines() honours are spaces, bidi overrides and other
+    # control characters are dropped (printable_line), so one expression stays one, in reading order.
+    lines = [printable_line(line) for line in re.split(r"\r\n|\r|\n", str(text))]
     lines = [line for line in lines if line]
     if len(lines) > MAX_EXPRESSIONS:
         raise UserError(f"{len(lines)} expressions: at most {MAX_EXPRESSIONS} at a time (one per line)")
@@ -81,8 +89,6 @@ class Segmentation:
 
 
 def _escape(text: str) -> str:
-    import html
-
     return html.escape(text).replace("|", "&#124;")
 
 
@@ -156,11 +162,46 @@ def dataset_examples(run_config, limit: int = 8) -> list[tuple[str, str]]:
 
 
 def folder_examples(folder: str | os.PathLike, limit: int = 24) -> list[str]:
-    """Image files under ``folder`` (recursively, sorted by path); UserError if it is not a folder."""
+    """The photos under ``folder`` (recursively, sorted by path), as resolved paths; UserError if it is
+    not a folder. These exact files are all the page serves from it (see ``app.py``), so only real
+    images are listed: regular files with an image suffix that PIL identifies as an image, none whose
+    path (below ``folder``) has a part beginning with a dot, and symlinks only when they resolve to
+    such a file inside ``folder`` (listed once, by their target)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise UserError(f"--examples: not a directory: {root}")
-    return [str(p) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()][:limit]
+    real_root = root.resolve()
+    found: list[str] = []
+    for p in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts) or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            target = p.resolve(strict=True)
+            inside = target.relative_to(real_root)
+        except (OSError, ValueError, RuntimeError):  # dangling, a loop, or pointing outside the folder
+            continue
+        if (any(part.startswith(".") for part in inside.parts) or target.suffix.lower() not in IMAGE_SUFFIXES
+                or not target.is_file() or str(target) in found or not _is_image(target)):
+            continue
+        found.append(str(target))
+        if len(found) == limit:
+            break
+    return found
+
+
+def _is_image(path: Path) -> bool:
+    """Whether PIL recognises ``path`` as an image from its header (nothing is decoded)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return bool(im.format) and im.width > 0 and im.height > 0
+    except Exception:  # noqa: BLE001 - not an image, whatever PIL says about it
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,16 +251,23 @@ class _Scratch:
         return str(Path(self._dir.name) / f"{self._count:06d}")
 
 
+SYNTHETIC_NOTE = ("**This checkpoint was trained on refshapes, synthetic coloured shapes:** it knows shapes, "
+                  "not people or objects, and on a photo it will mark something arbitrary. For photos, use a "
+                  "checkpoint trained on RefCOCO or converted from LAVT's published weights (see the README).")
+
+
 def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), photos: Sequence[str] = (),
-               title: str = "refseg"):
-    """The Gradio Blocks page around ``segmenter``; its segment event is the API ``/segment``."""
+               title: str = "refseg", note: str = ""):
+    """The Gradio Blocks page around ``segmenter``; its segment event is the API ``/segment``.
+    ``note``: Markdown shown under the title (e.g. ``SYNTHETIC_NOTE``)."""
     gr = offline_gradio()
     scratch = _Scratch()
 
     def _refuse(message: str):
-        """The page shows ``message``; the server's console gets one line, not a traceback."""
+        """The page shows ``message`` (escaped: it may quote a file name, which the pop-up would render
+        as HTML); the server's console gets one line, not a traceback."""
         print(f"refused a request: {message}", flush=True)
-        return gr.Error(message, title="Cannot segment", print_exception=False)
+        return gr.Error(html.escape(message), title="Cannot segment", print_exception=False)
 
     def segment(image, text):
         """Segment the object that each line of ``text`` names: (overlay, mask as 0/255) at the image's size."""
@@ -254,6 +302,8 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
         gr.Markdown(f"# {title}: segment by expression\n"
                     "Give a photo, type which object to segment and press Enter. Shift+Enter starts "
                     "another line: several expressions, one per line, give one coloured mask each.")
+        if note:
+            gr.Markdown(note, elem_id="note")
         with gr.Row():
             with gr.Column():
                 image = gr.Image(label="image", sources=["upload", "clipboard", "webcam"], type="filepath",
@@ -286,16 +336,174 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
     return demo
 
 
+# ---------------------------------------------------------------------------------------------
+# Serving: who may call, which headers go out, the address, the exit
+# ---------------------------------------------------------------------------------------------
+
+# The page's own needs: Gradio's inline start-up script and styles, its images/uploads as data:/blob:
+# URLs, its API and event stream on the same origin. Nothing from elsewhere; never inside a frame.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; media-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+    "worker-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def _split_host(value: str) -> str:
+    """A Host header or URL netloc (``name``, ``name:port``, ``[v6]:port``) -> the lower-case name."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def allowed_host_names(host: str) -> tuple[set[str], bool]:
+    """(names a request's Host may carry, whether any IP address is also fine) for a server on ``host``.
+
+    Always this machine's loopback names and ``host`` itself. Bound to every interface (0.0.0.0, ::),
+    also this machine's host names and any IP address: a DNS-rebinding page reaches the server under
+    a name of its own, never under an address, so addresses are safe to accept.
+    """
+    names = set(LOCAL_NAMES) | {_split_host(host)}
+    wildcard = host.strip() in WILDCARD_HOSTS
+    if wildcard:
+        with contextlib.suppress(OSError):
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return names - {""}, wildcard
+
+
+class RequestGuard:
+    """ASGI middleware around the Gradio app: refuses (403) a request whose ``Host`` is not one of this
+    server's names (DNS rebinding) or whose ``Origin`` is another site (a cross-site upload or call;
+    clients without a browser send no Origin), and adds ``SECURITY_HEADERS`` to every response."""
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        self.app = app
+        self.names, self.any_address = allowed_host_names(host)
+
+    def host_allowed(self, value: str) -> bool:
+        name = _split_host(value)
+        if not value or name in self.names:
+            return True
+        if self.any_address:
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(name)
+                return True
+        return False
+
+    def refusal(self, headers: dict[str, str]) -> Optional[str]:
+        host = headers.get("host", "")
+        if not self.host_allowed(host):
+            return f"Host {host!r} is not a name of this server"
+        origin = headers.get("origin")
+        if origin is not None:
+            from urllib.parse import urlsplit
+
+            netloc = urlsplit(origin).netloc.lower() if origin != "null" else ""
+            if not netloc or netloc != host.strip().lower():
+                return f"a request from another site ({origin}) to {host}"
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        reason = self.refusal(headers)
+        if reason is not None:
+            print(f"refused a request: {reason}", flush=True)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            body = f"refused: {reason}\n".encode()
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    *[(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]]})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items() if k.encode() not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+def check_port(host: str, port: int) -> None:
+    """UserError (one line) if ``host:port`` cannot be listened on: checked before the model load."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no obstacle
+        try:
+            s.bind(address)
+        except OSError as e:
+            what = "is in use by another program" if e.errno == 98 else f"cannot be used ({e.strerror})"
+            raise UserError(f"cannot serve on {host}:{port}: the port {what}; choose another with --port") from None
+
+
+def _stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+
 def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = ()) -> None:
-    """Serve ``demo`` until interrupted; UserError (one line) if the address cannot be used."""
+    """Serve ``demo`` until interrupted (Ctrl-C or SIGTERM: the same clean shutdown, temporary files
+    removed); UserError (one line) if the address cannot be used. ``allowed_paths``: the only files
+    outside Gradio's cache it may serve (the example photos, listed one by one)."""
     gr = offline_gradio()
+    from starlette.middleware import Middleware
+
     # System fonts: the default theme's web fonts would be one more thing to serve or fetch.
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
+    previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         demo.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=port, share=False, show_error=False, ssr_mode=False,
             max_file_size=MAX_UPLOAD, allowed_paths=list(allowed_paths), footer_links=["api"], theme=theme,
-            pwa=False, mcp_server=False)
+            pwa=False, mcp_server=False, quiet=True, prevent_thread_lock=True,
+            app_kwargs={"middleware": [Middleware(RequestGuard, host=host)]})
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving on http://{shown}:{port}/ (Ctrl-C stops it)", flush=True)
+        demo.block_thread()  # returns on Ctrl-C or SIGTERM, after closing the server
     except OSError as e:
-        raise UserError(f"cannot serve on {host}:{port}: {e}") from None
+        raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        remove_cached_files(demo)
+
+
+def remove_cached_files(demo) -> int:
+    """Delete the files this page put in Gradio's cache (uploads, results) and the folders that held
+    only them; returns how many files. Gradio's own clean-up at shutdown runs in its server thread and
+    may not finish before the process exits. Copies of the example images stay, as Gradio keeps them
+    (another server with the same examples shares them); our result folder (``_Scratch``) is removed
+    when the process exits."""
+    files: set[str] = set()
+    for group in getattr(demo, "temp_file_sets", []):
+        files |= {str(f) for f in group}
+    for component in getattr(demo, "blocks", {}).values():
+        files -= {str(f) for f in getattr(component, "keep_in_cache", set())}
+    removed = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            os.remove(f)
+            removed += 1
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(f))  # only if it is now empty
+    return removed

@@ -32,6 +32,29 @@ def quiet_libraries() -> None:
         pass
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: UserError (one line) if it names no device or one this machine does not have.
+
+    Checked before a model is loaded; ``None`` (the default: cuda if available) passes.
+    """
+    if not device:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device}: not a device name (cpu, cuda, cuda:1 ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                            f"(cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise UserError(f"--device {device}: not a device this command supports (cpu, cuda, cuda:1 ...)")
+
+
 def _is_user_error(exc: BaseException) -> bool:
     # refseg's own input errors (ConfigError, DataError, CheckpointError, ...) subclass UserError.
     return isinstance(exc, (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError))

@@ -109,6 +109,28 @@ def _strip_module(sd: dict) -> dict:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
+def _check_pytorch_file(path: Path) -> None:
+    """CheckpointError naming what ``path`` is when it is neither format ``torch.save`` writes: the zip
+    archive (torch >= 1.6) or the legacy pickle stream (it begins with a pickle protocol opcode)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    if not head:
+        what = "the file is empty"
+    else:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and text.strip() and all(c.isprintable() or c in "\r\n\t" for c in text):
+            what = f"it is a text file, beginning {' '.join(text.split())[:40]!r}"
+        else:
+            what = f"it begins with the bytes {head[:8].hex(' ')}"
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint: {what}, not the zip archive (or pickle) that "
+                          f"torch.save writes; give LAVT's .pth file")
+
+
 def read_lavt_checkpoint(path: str | Path) -> LavtCheckpoint:
     """Load a LAVT ``.pth`` without running code in it; CheckpointError if it is not a LAVT checkpoint."""
     import torch
@@ -116,6 +138,7 @@ def read_lavt_checkpoint(path: str | Path) -> LavtCheckpoint:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"LAVT checkpoint not found: {path}")
+    _check_pytorch_file(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             try:

@@ -34,6 +34,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     old = None
     try:
         yield tmp
+        _respect_umask(tmp)
         _fsync_tree(tmp)
         if not path.exists():
             os.replace(tmp, path)
@@ -164,6 +165,33 @@ def _rename_exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # this filesystem or kernel cannot
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (/proc/self/status)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def _respect_umask(root: Path) -> None:
+    """Give every file under ``root`` the permissions an ordinary ``open()`` would (0o666 & ~umask).
+
+    Some writers create private files (safetensors' ``save_file`` makes ``model.safetensors`` 0600),
+    which left one file of a checkpoint unreadable to the group and others that can read the rest.
+    Bits a writer set beyond those (e.g. executable) are kept.
+    """
+    wanted = 0o666 & ~current_umask()
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            with contextlib.suppress(OSError):
+                mode = p.stat().st_mode & 0o7777
+                if mode | wanted != mode:
+                    os.chmod(p, mode | wanted)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -2,6 +2,9 @@
 ``refseg.data.io``."""
 from __future__ import annotations
 
+import os
+import unicodedata
+from functools import lru_cache
 from typing import Sequence
 
 import cv2
@@ -24,15 +27,90 @@ def captions(expressions: Sequence[str], masks: np.ndarray) -> list[str]:
     return [e if m.any() else no_match_message(e) for e, m in zip(expressions, masks)]
 
 
-def _font(size: int):
+FONT = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+# Fonts for captions the first font cannot draw (CJK ...), where a system has them; REFSEG_CAPTION_FONT
+# names one more. A caption line is drawn in the first font that has every one of its characters.
+FALLBACK_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf", "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/arphic/uming.ttc", "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf", "C:/Windows/Fonts/msyh.ttc",
+)
+_NOTDEF_PROBE = "\U0010FFFD"  # a private-use code point no font maps: it draws the font's "missing" box
+
+
+def _font(size: int, path: str | None = None):
     from PIL import ImageFont
 
-    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+    for name in ((path,) if path else FONT):
         try:
             return ImageFont.truetype(name, size)
         except OSError:
             continue
     return ImageFont.load_default(size=size)
+
+
+def printable_line(text: str) -> str:
+    """``text`` as one plain line: control and formatting characters (bidi overrides and isolates
+    U+202A-202E / U+2066-2069, zero-width characters, variation selectors) removed; line and paragraph
+    separators, tabs and newlines as spaces; runs of spaces collapsed. What a caption or a page shows
+    is then the text in its reading order, on one line."""
+    out = []
+    for ch in unicodedata.normalize("NFC", str(text)):
+        cat = unicodedata.category(ch)
+        if cat in ("Zl", "Zp", "Zs") or ch in "\t\n\r\v\f\x1c\x1d\x1e\x1f\x85":
+            out.append(" ")
+        elif cat in ("Cc", "Cf", "Cs", "Co", "Cn") or 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF:
+            continue
+        else:
+            out.append(ch)
+    return " ".join("".join(out).split())
+
+
+@lru_cache(maxsize=8192)
+def _has_glyph(path: str, ch: str) -> bool:
+    """Whether the font at ``path`` draws ``ch`` with a glyph of its own (not its "missing" box)."""
+    font = _font(24, path)
+    got, missing = font.getmask(ch), font.getmask(_NOTDEF_PROBE)
+    return not (got.size == missing.size and bytes(got) == bytes(missing))
+
+
+def _font_paths() -> list[str]:
+    first = next((p for p in FONT if _loads(p)), None)
+    extra = [os.environ["REFSEG_CAPTION_FONT"]] if os.environ.get("REFSEG_CAPTION_FONT") else []
+    return [p for p in [first, *extra, *FALLBACK_FONTS] if p and _loads(p)]
+
+
+@lru_cache(maxsize=64)
+def _loads(path: str) -> bool:
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype(path, 12)
+    except OSError:
+        return False
+    return True
+
+
+def _named(ch: str) -> str:
+    """A visible stand-in for a character no available font draws: ``[dog face]``, ``[U+72D7]``."""
+    name = unicodedata.name(ch, "")
+    if name and len(name) <= 32 and not name.startswith(("CJK ", "HANGUL SYLLABLE", "HIRAGANA", "KATAKANA")):
+        return f"[{name.lower()}]"
+    return f"[U+{ord(ch):04X}]"
+
+
+def caption_font_and_text(line: str, size: int):
+    """(font, text) to draw ``line`` with: the first available font that has all of its characters,
+    else the first font with every character it lacks written out (``_named``), never as boxes."""
+    paths = _font_paths()
+    if not paths:  # no TrueType font at all: PIL's built-in one, ASCII only
+        return _font(size), "".join(c if ord(c) < 128 else _named(c) for c in line)
+    for path in paths:
+        if all(c == " " or _has_glyph(path, c) for c in line):
+            return _font(size, path), line
+    first = paths[0]
+    return _font(size, first), "".join(c if c == " " or _has_glyph(first, c) else _named(c) for c in line)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, text: str | Sequence[str] | None = None,
@@ -79,22 +157,22 @@ def _caption(out: np.ndarray, texts: Sequence[str], fills: Sequence[tuple[int, i
 
     h, w = out.shape[:2]
     size = max(10, min(h, w) // 22)
-    font = _font(size)
     max_chars = max(8, int(w / (0.55 * size)))
-    lines = []
+    lines, fonts = [], []
     for t in texts:
-        line = " ".join(t.split())
+        font, line = caption_font_and_text(printable_line(t), size)
         lines.append(line[: max_chars - 1] + "…" if len(line) > max_chars else line)
+        fonts.append(font)
     pad = max(2, size // 4)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    boxes = [probe.textbbox((0, 0), line, font=font) for line in lines]
+    boxes = [probe.textbbox((0, 0), line, font=font) for line, font in zip(lines, fonts)]
     step = max(b[3] for b in boxes) + pad
     bw = min(w, max(b[2] for b in boxes) + 2 * pad)
     bh = min(h, step * len(lines) + pad)
     # Draw the caption on its own small black box, then paste it: no full-size PIL copy.
     label = Image.new("RGB", (bw, bh), (0, 0, 0))
     draw = ImageDraw.Draw(label)
-    for i, (line, fill) in enumerate(zip(lines, fills)):
+    for i, (line, fill, font) in enumerate(zip(lines, fills, fonts)):
         draw.text((pad, pad + i * step), line, fill=tuple(fill), font=font)
     out[:bh, :bw] = np.asarray(label)
 
@@ -125,7 +203,8 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str
     sheet = Image.new("RGB", (left + ncol * (tw + gap), top + len(rows) * (th + gap)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((4, 2), " ".join(title.split()), fill=(0, 0, 0), font=font)
+        title_font, title = caption_font_and_text(printable_line(title), size)
+        draw.text((4, 2), title, fill=(0, 0, 0), font=title_font)
     for c, label in enumerate(col_labels):
         draw.text((left + c * (tw + gap), top - size - 6), label, fill=(0, 0, 0), font=font)
     for r, (tiles, label) in enumerate(zip(rows, row_labels)):

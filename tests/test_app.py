@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,15 +59,38 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+def _hostile_examples(root: Path) -> Path:
+    """An --examples folder with one photo among things that must never be served."""
+    root.mkdir()
+    Image.fromarray(_scene()).save(root / "photo.jpg")
+    (root / "secret.txt").write_text("XSECRETX\n")
+    (root / ".env").write_text("API_KEY=XSECRETX-1\n")
+    (root / "sub").mkdir()
+    (root / "sub" / ".env").write_text("API_KEY=XSECRETX-2\n")
+    Image.fromarray(_scene()).save(root / "sub" / ".hidden.jpg")
+    (root / "fake.jpg").write_text("XSECRETX, named like a photo\n")
+    outside = root.parent / "outside.txt"
+    outside.write_text("XSECRETX, outside the folder\n")
+    (root / "link.jpg").symlink_to(outside)
+    (root / "inside.jpg").symlink_to(root / "photo.jpg")
+    return root
+
+
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """(url, Popen) of ``python app.py`` serving ``checkpoint`` on 127.0.0.1; stopped at the end."""
+    """(url, Popen, log, temp) of ``python app.py`` serving ``checkpoint`` on 127.0.0.1 with a hostile
+    --examples folder; its temporary files (Gradio's and ours) go under ``temp``; stopped at the end."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    base = tmp_path_factory.mktemp("server")
+    log = base / "server.log"
+    temp = base / "temp"
+    (temp / "gradio").mkdir(parents=True)
+    examples = _hostile_examples(base / "examples")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(temp), GRADIO_TEMP_DIR=str(temp / "gradio"))
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(checkpoint), "--port", str(port),
-                                 "--max-megapixels", "20"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 "--max-megapixels", "20", "--examples", str(examples)], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     import urllib.request
@@ -80,7 +104,7 @@ def server(checkpoint, tmp_path_factory):
                 proc.kill()
                 pytest.fail(f"app.py did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-    yield url, proc
+    yield url, proc, log, temp
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -199,6 +223,107 @@ def test_app_cli_errors_are_one_line(tmp_path, case, request):
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("app.py: error:") and expect in lines[0], r.stderr
+
+
+def _get(url: str, headers: dict | None = None, method: str = "GET", data: bytes | None = None):
+    """(status, headers, body) of one request; HTTP errors are answers too."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers=headers or {}, method=method, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_examples_are_the_only_files_served_from_their_folder(server):
+    """--examples lists and serves the photos only: no other file, no dotfile, not what a symlink
+    pointing outside the folder names, not a text file named like a photo."""
+    from refseg.app import folder_examples
+
+    url, examples = server[0], server[2].parent / "examples"
+    assert folder_examples(examples) == [str((examples / "photo.jpg").resolve())]
+    status, _, body = _get(f"{url}gradio_api/file={(examples / 'photo.jpg').resolve()}")
+    assert status == 200 and body == (examples / "photo.jpg").read_bytes()
+    for name in ["secret.txt", ".env", "sub/.env", "sub/.hidden.jpg", "fake.jpg", "link.jpg", "../outside.txt"]:
+        status, _, body = _get(f"{url}gradio_api/file={examples / name}")
+        assert status in (403, 404) and b"XSECRETX" not in body, (name, status, body[:200])
+    config = _get(f"{url}config")[2].decode()
+    assert "outside.txt" not in config and "secret.txt" not in config and ".hidden" not in config
+
+
+def test_foreign_host_and_origin_are_refused(server):
+    """DNS rebinding (a foreign Host) and cross-site calls (a foreign Origin) get 403; this machine's
+    names with any port, and same-origin or Origin-less clients, are served."""
+    url = server[0]
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    for host in ["evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "localhost.evil.example"]:
+        status, _, body = _get(url, {"Host": host})
+        assert status == 403 and b"refused" in body, (host, status)
+    for host in [f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", "LOCALHOST:1"]:
+        assert _get(url, {"Host": host})[0] == 200, host
+    upload = f"{url}gradio_api/upload"
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.txt\"\r\n"
+            b"Content-Type: text/plain\r\n\r\nwritten by another site\r\n--b--\r\n")
+    form = {"Content-Type": "multipart/form-data; boundary=b"}
+    for origin in ["http://evil.example", f"http://evil.example:{port}", "null", f"http://127.0.0.1:{int(port) + 1}"]:
+        status, _, _ = _get(upload, {**form, "Origin": origin}, "POST", body)
+        assert status == 403, (origin, status)
+    status, _, answer = _get(upload, {**form, "Origin": url.rstrip("/")}, "POST", body)  # the page itself
+    assert status == 200 and b"x.txt" in answer
+    assert _get(upload, form, "POST", body)[0] == 200  # a client without a browser sends no Origin
+
+
+def test_security_headers_on_every_response(server):
+    url = server[0]
+    for path in ["", "config", "gradio_api/info", "no/such/page"]:
+        _, headers, _ = _get(url + path)
+        csp = headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp and "object-src 'none'" in csp, path
+        assert headers.get("X-Frame-Options") == "DENY" and headers.get("X-Content-Type-Options") == "nosniff", path
+
+
+def test_a_file_name_is_shown_as_text_not_html(server):
+    """The browser sends the file's own name (gradio_client would clean it): the error pop-up, which
+    renders HTML, gets it escaped."""
+    import json
+
+    url = server[0]
+    name = "<img src=x onerror=alert(1)>.png"
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"notes.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\nnot a picture\r\n--b--\r\n")
+    status, _, answer = _get(f"{url}gradio_api/upload", {"Content-Type": "multipart/form-data; boundary=b"},
+                             "POST", body)
+    assert status == 200, answer
+    path = json.loads(answer)[0]
+    payload = {"data": [{"path": path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}, "the red disc"]}
+    status, _, answer = _get(f"{url}gradio_api/call/segment", {"Content-Type": "application/json"}, "POST",
+                             json.dumps(payload).encode())
+    assert status == 200, answer
+    event = json.loads(answer)["event_id"]
+    stream = _get(f"{url}gradio_api/call/segment/{event}")[2].decode()
+    assert "event: error" in stream and "not an image file" in stream, stream
+    assert "<img" not in stream and "&lt;img src=x onerror=alert(1)&gt;.png" in stream, stream
+
+
+def test_the_page_says_a_refshapes_checkpoint_knows_only_shapes(server):
+    from refseg.app import SYNTHETIC_NOTE
+
+    assert SYNTHETIC_NOTE in _get(server[0] + "config")[2].decode()  # the test checkpoint's data is refshapes
+
+
+def test_a_port_in_use_is_refused_before_the_model_load(checkpoint, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_script([REPO / "app.py", "--checkpoint", checkpoint, "--port", port], cwd=tmp_path, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"cannot serve on 127.0.0.1:{port}: the port is in use" in lines[0] and "--port" in lines[0]
+    assert "GRADIO_SERVER_PORT" not in r.stderr and "model " not in r.stdout  # refused before the load
 
 
 def _chromium() -> str | None:
@@ -323,3 +448,20 @@ def test_megapixel_limit_at_the_boundary(tmp_path):
         segmenter.segment(at, "the red disc")
     with pytest.raises(ImageReadError, match=r"^image too large: 3x16666667 is 50\.0 megapixels, the limit is 50$"):
         segmenter.segment(over, "the red disc")
+
+
+def test_sigterm_cleans_up_like_ctrl_c(server, client, photo):
+    """Last in this file: it stops the module's server. `kill PID` (SIGTERM) leaves no result PNGs and
+    no uploads in the temporary folders, as Ctrl-C; the start printed no share=True advice."""
+    url, proc, log, temp = server
+    client.predict(gradio_client.handle_file(str(photo)), "the red disc", api_name="/segment")
+    files = [p for p in temp.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".png" for p in files), files  # results and uploads were there
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    example = (log.parent / "examples" / "photo.jpg").read_bytes()  # Gradio keeps its copies of the examples
+    left = [str(p.relative_to(temp)) for p in temp.rglob("*") if p.is_file() and p.read_bytes() != example]
+    assert not left, left
+    text = log.read_text()
+    assert "share=True" not in text and "Traceback" not in text, text[-3000:]
+    assert f"serving on {url}" in text

@@ -312,8 +312,15 @@ def test_bad_checkpoints_fail_with_one_message_and_write_nothing(raw, text_dir, 
     torch.save({"state_dict": T}, str(tmp_path / "d.pth"))
     _expect_failure(tmp_path / "d.pth", text_dir, out, "not a LAVT checkpoint")
     _expect_failure(save_like_lavt(tmp_path / "e.pth", T), text_dir, out, "no BERT weights")
-    (tmp_path / "f.pth").write_bytes(b"not a checkpoint at all")
-    _expect_failure(tmp_path / "f.pth", text_dir, out, "cannot read it as a PyTorch checkpoint")
+    (tmp_path / "f.pth").write_bytes(b"not a checkpoint at all\n")
+    _expect_failure(tmp_path / "f.pth", text_dir, out, "not a PyTorch checkpoint: it is a text file, beginning "
+                                                      "'not a checkpoint at all'")
+    (tmp_path / "g.pth").write_bytes(bytes([0x89, 0x50, 0x4E, 0x47, 0, 1, 2, 3]))  # a PNG's magic
+    _expect_failure(tmp_path / "g.pth", text_dir, out, "not a PyTorch checkpoint: it begins with the bytes 89 50 4e 47")
+    (tmp_path / "h.pth").write_bytes(b"")
+    _expect_failure(tmp_path / "h.pth", text_dir, out, "not a PyTorch checkpoint: the file is empty")
+    torch.save({"model": {}}, str(tmp_path / "i.pth"), _use_new_zipfile_serialization=False)  # legacy format
+    _expect_failure(tmp_path / "i.pth", text_dir, out, "not a LAVT checkpoint")  # read, then judged
     _expect_failure(tmp_path / "absent.pth", text_dir, out, "not found")
     out.mkdir()
     with pytest.raises(UserError, match="already exists"):

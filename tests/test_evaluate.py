@@ -329,6 +329,44 @@ def test_cli_bad_input_exit_codes(tmp_path):
     assert r.returncode == 2 and "--batch-size must be positive" in r.stderr
 
 
+def test_cli_checks_its_arguments_before_generating_data(tmp_path):
+    """A refshapes checkpoint whose data is not there: a bad --split, a non-empty --gallery or a
+    directory as --out is refused before refshapes is generated (nothing written anywhere)."""
+    import yaml
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    root = tmp_path / "data"
+    (ckpt / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"name": "refshapes", "root": str(root), "num_workers": 0,
+                 "refshapes": {"num_train_images": 2, "num_val_images": 2, "num_test_images": 2, "image_size": 64}},
+        "model": {"text": {"max_tokens": 12}}, "eval": {"batch_size": 4}}))
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "old.png").write_bytes(b"png")
+    for args, expect in [(["--split", "bogus"], "unknown split 'bogus' for refshapes: valid splits are train, val, "
+                                                "test, all"),
+                         (["--split", "val", "--gallery", tmp_path / "g"], "--gallery .* is not empty"),
+                         (["--split", "val", "--out", tmp_path], "--out .* is a directory")]:
+        r = _cli("--checkpoint", ckpt, *args, "--no-progress", cwd=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        import re
+        assert re.search(expect, r.stderr), r.stderr
+        assert not root.exists(), f"{args}: refshapes was generated before the arguments were checked"
+
+
+def test_a_relative_data_root_is_recorded_as_the_launch_directorys(tmp_path, monkeypatch):
+    """train: data.root=data from /x is saved as /x/data, so the checkpoint finds (or regenerates) its
+    data in one place whatever folder evaluate.py, demo.py or app.py later run in."""
+    from refseg.config import load_config
+    from refseg.engine.trainer import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    trainer = Trainer(load_config(overrides=["data.root=data"]), output_dir=tmp_path / "run")
+    assert trainer.config.data.root == str(tmp_path / "data")
+    trainer = Trainer(load_config(overrides=["data.root=~/somewhere"]), output_dir=tmp_path / "run")
+    assert trainer.config.data.root == str(Path.home() / "somewhere")
+
+
 def _load_cli():
     spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "evaluate.py")
     mod = importlib.util.module_from_spec(spec)
@@ -353,20 +391,27 @@ def test_cli_runs_and_writes_json(tmp_path, tokenizer, monkeypatch, capsys, fres
     out = tmp_path / "m.json"
     assert cli.main(["--checkpoint", str(ckpt), "--split", "val", "--out", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
-    assert set(res) == {"P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "oIoU", "mIoU", "num_samples"}
-    assert res["mIoU"] == 100.0 and res["num_samples"] == 5
+    assert {k: v for k, v in res.items() if k != "results"} == {
+        "checkpoint": str(ckpt), "dataset": "lr", "data_root": str(tmp_path / "data"), "split_by": "unc",
+        "splits": ["val"], "shuffle_text": False, "resized_gt": False, "max_samples": None}
+    assert list(res["results"]) == ["val"]
+    val = res["results"]["val"]
+    assert set(val) == {"P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "oIoU", "mIoU", "num_samples"}
+    assert val["mIoU"] == 100.0 and val["num_samples"] == 5
     printed = capsys.readouterr().out
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in printed.splitlines() if ln.startswith("|")]
     assert rows[0][:2] == ["split", "P@0.5"] and rows[2][:2] == ["val", "100.00"] and rows[2][-1] == "5"
 
     assert cli.main(["--checkpoint", str(ckpt), "--split", "val", "--shuffle-text", "--out", str(out),
                      "--no-progress"]) == 0
-    assert json.loads(out.read_text())["mIoU"] < 100.0
+    res = json.loads(out.read_text())
+    assert res["shuffle_text"] is True and res["results"]["val"]["mIoU"] < 100.0  # a shuffled score says so
 
     assert cli.main(["--checkpoint", str(ckpt), "--split", "all", "--out", str(out), "--no-progress",
                      "--gallery", str(tmp_path / "g")]) == 0
-    res = json.loads(out.read_text())
-    assert set(res) == {"val", "testA"} and res["testA"]["num_samples"] == 2
+    res = json.loads(out.read_text())  # the same shape as for one split
+    assert res["splits"] == ["val", "testA"] and set(res["results"]) == {"val", "testA"}
+    assert res["results"]["testA"]["num_samples"] == 2 and res["results"]["val"]["mIoU"] == 100.0
     assert (tmp_path / "g" / "testA" / "index.json").is_file()
 
     # a gallery directory that holds files is not written into, unless --overwrite moves it aside

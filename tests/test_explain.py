@@ -100,3 +100,23 @@ def test_demo_explain_writes_one_png_per_word_and_stage(tmp_path):
     assert names == sorted(["contact_sheet.png"] + [f"stage{s}_word{t:02d}_{tok}.png" for s in range(1, 5)
                                                     for t, tok in enumerate(tokens)])
     assert "5 tokens x 4 stages: 21 images" in r.stdout and "language gate mean |S|: stage 1" in r.stdout
+
+
+def test_demo_explain_refuses_a_used_directory_unless_overwrite(tmp_path):
+    """A second --explain into the same folder would leave the first expression's maps beside the new
+    ones: refused (one line, exit 2, nothing touched) unless --overwrite moves the old folder aside."""
+    torch.manual_seed(0)
+    build_model(load_config(overrides=list(TINY_OVERRIDES))).save_pretrained(tmp_path / "ckpt")
+    Image.fromarray(_image()).save(tmp_path / "photo.png")
+    common = ["demo.py", "--image", tmp_path / "photo.png", "--checkpoint", tmp_path / "ckpt", "--out",
+              tmp_path / "o.png", "--explain", tmp_path / "ex"]
+    assert run_script([*common, "--text", "the big red disc on the left"]).returncode == 0
+    first = sorted(p.name for p in (tmp_path / "ex").iterdir())
+    r = run_script([*common, "--text", "the disc"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--explain" in lines[0] and "not empty" in lines[0], r.stderr
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == first
+    r = run_script([*common, "--text", "the disc", "--overwrite"])
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "ex.old-1").iterdir()) == first
+    assert len(list((tmp_path / "ex").iterdir())) == 4 * 4 + 1  # [CLS] the disc [SEP] x 4 stages + sheet

@@ -168,3 +168,57 @@ def test_label_resize_keeps_pixel_centres():
     labels = m.astype(np.int64) * 7
     out = resize_label_map(labels, (64, 96))
     assert out.dtype == np.int64 and out.shape == (64, 96) and set(np.unique(out)) == {0, 7}
+
+
+def test_captions_stay_one_line_in_reading_order_without_boxes():
+    """Control characters, bidi overrides and line separators do not reach a caption; characters no
+    available font has are written out ([dog face], [U+72D7]) or drawn in a fallback font, never as
+    the font's "missing" box."""
+    from refseg.app import parse_expressions
+    from refseg.visualize import caption_font_and_text, printable_line
+
+    assert printable_line("the man\u2028on the\u2029left\x85now") == "the man on the left now"
+    assert printable_line("\u202etfel eht\u202c no \u2066nam\u2069\x07\x1b eht\u200b\ufe0f") == "tfel eht no nam eht"
+    assert parse_expressions("the man\u2028on the left") == ["the man on the left"]  # one expression, not two
+    assert parse_expressions("the dog\r\nthe cat\n\u202ethe bird") == ["the dog", "the cat", "the bird"]
+
+    img = np.full((60, 200, 3), 100, np.uint8)
+    mask = np.zeros((60, 200), bool)
+    plain = overlay(img, mask, "the red one")
+    for hostile in ["the red\x07 one", "the red one\u202e", "\u2066the red one\u2069", "the\u200b red one",
+                    "the red\u2028one"]:
+        assert np.array_equal(overlay(img, mask, hostile), plain), repr(hostile)
+
+    for text in ["the dog 🐶", "左边的狗", "the ☃ snowman ∑"]:
+        font, shown = caption_font_and_text(text, 20)
+        missing = font.getmask("\U0010FFFD")
+        boxes = [c for c in shown if c != " " and font.getmask(c).size == missing.size
+                 and bytes(font.getmask(c)) == bytes(missing)]
+        assert not boxes, (text, shown, boxes)
+        assert all(c in shown for c in text if c != " ") or "[" in shown, shown  # kept, or written out
+    assert "dog face" in caption_font_and_text("🐶", 20)[1] or caption_font_and_text("🐶", 20)[1] == "🐶"
+
+
+def test_the_pixel_limit_is_ours_and_pil_is_left_alone(tmp_path):
+    """A header beyond PIL's own limit gets our message with our limit; PIL's global is not changed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def png_header_only(w, h):  # a PNG whose header says w x h, with (almost) no pixel data
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    before = Image.MAX_IMAGE_PIXELS
+    p = tmp_path / "bomb.png"
+    p.write_bytes(png_header_only(60000, 60000))
+    with pytest.raises(ImageReadError, match=r"too large: .*bomb.png is 3600.0 megapixels, the limit is 50$"):
+        read_image(p, max_pixels=50_000_000)
+    with pytest.raises(ImageReadError, match=r"too large: .*3600.0 megapixels, the limit is \d"):
+        read_image(p)
+    p.write_bytes(png_header_only(12000, 10000))  # 120 MP: beyond PIL's warning level, within its limit
+    with pytest.raises(ImageReadError, match="too large: 12000x10000 is 120.0 megapixels, the limit is 50$"):
+        read_image(p, max_pixels=50_000_000)
+    assert Image.MAX_IMAGE_PIXELS == before

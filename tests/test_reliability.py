@@ -95,6 +95,43 @@ def test_bad_input_is_one_line_and_debug_shows_the_traceback(cli):
     assert r.returncode != 0 and "Traceback (most recent call last)" in r.stderr, r.stderr[-2000:]
 
 
+def test_demo_device_without_the_hardware_is_one_line(trained_run, tmp_path):
+    """demo.py --device cuda on a machine without a GPU, or a device name that is none: one line, exit
+    2, before the model is loaded (as app.py)."""
+    import torch
+    from PIL import Image
+
+    _, out, _ = trained_run
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "p.png")
+    cases = {"gpu:0": "not a device name"}
+    if not torch.cuda.is_available():
+        cases["cuda"] = "no CUDA device is available here"
+    else:
+        cases[f"cuda:{torch.cuda.device_count()}"] = "CUDA device(s)"
+    for device, expect in cases.items():
+        r = run_script(["demo.py", "--image", tmp_path / "p.png", "--text", "the red one", "--checkpoint",
+                        out / "best", "--device", device, "--out", tmp_path / "o.png"])
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+        assert lines[0].startswith("demo.py: error: --device") and expect in lines[0], lines
+        assert not (tmp_path / "o.png").exists()
+
+
+def test_demo_says_a_refshapes_model_knows_only_shapes_on_other_images(trained_run, tmp_path):
+    """The note that a refshapes-trained checkpoint knows only synthetic shapes: printed for a photo,
+    not for one of refshapes' own images."""
+    from PIL import Image
+
+    base, out, _ = trained_run
+    own = sorted((base / "data" / "refshapes" / "images").iterdir())[0]
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "photo.png")
+    for image, noted in [(own, False), (tmp_path / "photo.png", True)]:
+        r = run_script([REPO / "demo.py", "--image", image, "--text", "the red one", "--checkpoint", out / "best",
+                        "--out", tmp_path / "o.png"], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert ("trained on refshapes (synthetic shapes)" in r.stdout) == noted, (image, r.stdout)
+
+
 def test_usage_errors_are_one_line():
     r = run_script(["evaluate.py", "--checkpoint", "x"])  # --split missing
     assert r.returncode == 2

@@ -6,10 +6,13 @@ same moment with the same clock.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -115,6 +118,39 @@ def test_a_directory_in_use_is_refused(tmp_path):
     RunDirectory.claim(run, resume=True).release()
 
 
+_TRAINER_WITH_A_WORKER = """
+import multiprocessing, sys, time
+from refseg.engine.rundir import RunDirectory
+run = RunDirectory.claim(sys.argv[1], resume=True)
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=False)
+worker.start()  # as a DataLoader worker is: forked while the lock is held
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_lock_dies_with_the_trainer_not_with_its_forked_workers(tmp_path):
+    """kill -9 of a trainer whose forked (DataLoader-like) worker lives on: --resume is accepted at once."""
+    run = fake_run(tmp_path / "run")
+    (run / "state").mkdir()
+    (run / "state" / "trainer_state.json").write_text("{}")
+    trainer = subprocess.Popen([sys.executable, "-c", _TRAINER_WITH_A_WORKER, str(run)], cwd=REPO,
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    worker_pid = int(trainer.stdout.readline())
+    try:
+        with pytest.raises(RunDirectoryError, match="in use by another training"):  # a live trainer: refused
+            RunDirectory.claim(run, resume=True)
+        trainer.kill()
+        trainer.wait(timeout=30)
+        os.kill(worker_pid, 0)  # the worker is still alive ...
+        RunDirectory.claim(run, resume=True).release()  # ... and holds no lock
+    finally:
+        trainer.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker_pid, signal.SIGKILL)
+        trainer.stdout.close()
+
+
 def test_default_names_are_unique_under_concurrency(tmp_path):
     """16 threads ask for the same timestamped name at once: 16 different directories."""
     got, barrier = [], threading.Barrier(16)
@@ -213,3 +249,88 @@ def test_simultaneous_default_launches_get_their_own_directories(tmp_path):
     summaries = sorted(line for stdout, _, _ in results for line in stdout.splitlines() if line.startswith("done:"))
     assert len(summaries) == 2 and f"run: runs/{stamp} " in summaries[0] + summaries[1]
     assert log.read_text().count("generate") == 1
+
+
+def _readme_launch_options() -> list[str]:
+    """The launcher options of the README's own `accelerate launch ... train.py` set-up command."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Set up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    line = next(ln for ln in block.splitlines() if ln.startswith("accelerate launch"))
+    return line.split("#")[0].split()[2:line.split().index("train.py")]
+
+
+def test_a_refusal_under_the_readmes_accelerate_launch_shows_no_traceback(tmp_path):
+    """The README's launch command on a directory that holds a run: train.py's one error line, and
+    no CalledProcessError traceback from the launcher (accelerate's --quiet)."""
+    run = fake_run(tmp_path / "run")
+    before = snapshot(run)
+    explicit = ["--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]  # no defaults note either
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *_readme_launch_options(), *explicit,
+                        str(REPO / "train.py"), "--output-dir", str(run)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "CalledProcessError" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("train.py: error:") and "already holds a run" in lines[0], \
+        r.stderr
+    assert snapshot(run) == before
+
+
+def test_resume_of_a_finished_run_changes_nothing(trained_run, tmp_path):
+    """--resume of a run that ended: one line saying so, exit 0, every file as it was (no second final
+    evaluation, best/ last/ summary.json untouched); raising train.max_steps would train on."""
+    import shutil
+
+    from refseg.config import load_run_config
+    from refseg.engine.rundir import finished_summary
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[1], run)
+    before = snapshot(run)
+    r = run_script(["train.py", "--no-progress", "--resume", "--output-dir", run])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "is finished (6 steps" in r.stdout and "nothing to resume" in r.stdout, r.stdout
+    assert "resuming" not in r.stdout
+    assert snapshot(run) == before
+    cfg = load_run_config(run / "config.yaml")
+    assert finished_summary(run, cfg)["steps"] == 6
+    assert finished_summary(run, load_run_config(run / "config.yaml", ["train.max_steps=8"])) is None
+    (run / "summary.json").unlink()  # killed before its end: resumable as ever
+    assert finished_summary(run, cfg) is None
+
+
+@pytest.mark.slow
+def test_kill_9_of_accelerate_launch_stops_train_py(tmp_path):
+    """The launcher killed with SIGKILL cannot pass a signal on: train.py asked Linux for one
+    (PR_SET_PDEATHSIG) and stops instead of training on as an orphan."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "1",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--num_cpu_threads_per_process", "1", str(FAULTS), "sleep", "1000", str(REPO / "train.py"),
+         "--no-progress", "--output-dir", str(out), *tiny_train_args(tmp_path / "data", "train.max_steps=200")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 300
+        while not (out / "config.yaml").exists():  # training has started
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        assert len(children) == 1
+        child = int(children[0])
+        launcher.kill()
+        launcher.wait(timeout=30)
+        deadline = time.time() + 30
+        while Path(f"/proc/{child}").exists() and time.time() < deadline:
+            status = Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}").exists() else ""
+            if "State:\tZ" in status:
+                break
+            time.sleep(0.1)
+        alive = Path(f"/proc/{child}").exists() and "State:\tZ" not in Path(f"/proc/{child}/status").read_text()
+        if alive:
+            os.kill(child, signal.SIGKILL)
+        assert not alive, "train.py trained on after its launcher was killed"
+    finally:
+        launcher.kill()

@@ -90,7 +90,7 @@ def test_failed_save_before_any_state_says_start_again(tiny_cfg, tmp_path):
                     f"--overwrite --output-dir {tmp_path / 'run'}")
     trainer._saved_step = 2
     assert trainer._save_failure("best", "x").endswith(
-        f"(state/ of step 2): free some space, then continue with: accelerate launch train.py --resume "
+        f"(state/ of step 2): free some space, then continue with: accelerate launch -q train.py --resume "
         f"--output-dir {tmp_path / 'run'}")
 
 
@@ -314,3 +314,23 @@ def test_checkpoint_loaders_in_a_loop_while_best_is_saved(trained_run, tmp_path,
     assert seen == sorted(seen) and len(set(seen)) >= 2, seen  # loads overlapped saves: versions moved on
     print(f"{len(versions_saved) - 1} saves during {len(seen)} loads ({len(reads)} reads: "
           f"{len(reads) - len(seen)} repeated after a swap mid-read); versions loaded {seen}")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_file_of_a_checkpoint_follows_the_umask(tmp_path, umask):
+    """model.safetensors (safetensors writes it 0600) gets the permissions of the rest: 0o666 & ~umask."""
+    from conftest import TINY_OVERRIDES
+    from refseg.config import load_config
+    from refseg.models import build_model
+
+    model = build_model(load_config(overrides=list(TINY_OVERRIDES)))
+    old = os.umask(umask)
+    try:
+        path = model.save_pretrained(tmp_path / "ckpt")
+        read_umask = getattr(utils, "current_umask", lambda: None)()
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(path)): p.stat().st_mode & 0o777 for p in path.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and "config.yaml" in modes
+    assert set(modes.values()) == {0o666 & ~umask}, {k: oct(v) for k, v in modes.items()}
+    assert read_umask == umask  # read without changing it

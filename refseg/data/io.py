@@ -8,6 +8,7 @@ Which error a failed read raises follows who supplied the file: dataset images (
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -60,21 +61,30 @@ def _read_displayed(p: Path, max_pixels: int | None = None) -> np.ndarray:
         raise ImageReadError(f"expected an image file, got a directory: {p}")
     if p.stat().st_size == 0:
         raise ImageReadError(f"image file is empty: {p}")
-    Image.MAX_IMAGE_PIXELS = 300_000_000  # large photos are fine; decompression bombs are not
+    # The size limit is ours, checked from the header: PIL's global Image.MAX_IMAGE_PIXELS is left as the
+    # process has it (its warning between 1x and 2x is silenced here; above 2x PIL refuses to open the
+    # file at all, which is reported in our words, with ``max_pixels`` as the limit when it is lower).
+    pil_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    limit = max_pixels if max_pixels is not None else pil_limit
     try:
-        with Image.open(p) as im:
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageReadError(f"image too large: {im.width}x{im.height} is {im.width * im.height / 1e6:.1f} "
-                                     f"megapixels, the limit is {max_pixels / 1e6:g}")
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            return _to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                if limit is not None and im.width * im.height > limit:
+                    raise ImageReadError(f"image too large: {im.width}x{im.height} is "
+                                         f"{im.width * im.height / 1e6:.1f} megapixels, the limit is {limit / 1e6:g}")
+                im = ImageOps.exif_transpose(im)
+                im.load()
+                return _to_rgb(im)
     except UnidentifiedImageError:
         raise ImageReadError(f"not an image file (or an unsupported format): {p}") from None
+    except Image.DecompressionBombError as e:  # beyond PIL's own limit: it gave no width and height
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
+        shown = min(x for x in (limit, pil_limit) if x is not None)
+        raise ImageReadError(f"image too large: {p} is {size}, the limit is {shown / 1e6:g}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         raise ImageReadError(f"cannot decode image {p}: {e}") from None
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"image too large: {p}: {e}") from None
 
 
 def _to_rgb(im) -> np.ndarray:

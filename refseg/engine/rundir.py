@@ -12,6 +12,9 @@ of the launch gets the same answer (``on_main_process``)::
 A run is "there" when the directory holds any of ``RUN_ENTRIES`` (or an atomic write's leftovers).
 While a training uses a directory its main process holds an ``fcntl.flock`` on ``DIR/.lock``, so a
 second launch into the same directory (``--resume`` twice, ``--overwrite`` of a live run) is refused.
+A process forked from the trainer (a DataLoader worker) closes its copy of the lock's descriptor at
+once (``os.register_at_fork``): the lock dies with the trainer, so ``--resume`` works right after a
+``kill -9`` even while orphaned workers are still winding down.
 """
 from __future__ import annotations
 
@@ -81,6 +84,39 @@ def resolve_run_dir(output_dir: str | Path | None, resume: bool, runs_dir: str |
             raise RunDirectoryError(f"--resume: nothing to resume in {out} (no saved state there)")
         return out
     return Path(output_dir) if output_dir is not None else Path(runs_dir) / _timestamp()
+
+
+SCHEDULE_KEYS = ("max_steps", "max_epochs", "max_minutes")  # train.*: what decides where a run ends
+
+
+def finished_summary(run: str | Path, config=None) -> Optional[dict]:
+    """The ``summary.json`` of ``run`` if the run is finished, else None.
+
+    Finished: its final evaluation was written for the step its last state holds, and ``config`` (the
+    config a ``--resume`` would continue with, overrides applied) keeps the schedule the run ended
+    with (``train.max_steps``, ``max_epochs``, ``max_minutes``). A resume that raises one of them
+    trains on; one that does not would only repeat the final evaluation and rewrite the records.
+    """
+    import json
+
+    run = Path(run)
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        step = json.loads((run / "state" / TRAINER_STATE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(summary, dict) or summary.get("steps") != step or summary.get("stopped_early"):
+        return None
+    if config is not None:
+        from ..config import load_run_config
+
+        try:
+            saved = load_run_config(run / "config.yaml").train
+        except (UserError, OSError):
+            return None
+        if any(getattr(saved, k) != getattr(config.train, k) for k in SCHEDULE_KEYS):
+            return None
+    return summary
 
 
 def _timestamp() -> str:
@@ -189,6 +225,7 @@ class RunDirectory:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        _HELD_LOCKS.add(fd)
 
     def release(self, remove: bool = False) -> None:
         """Give up the lock. ``remove``: also undo the claim (the run failed before it wrote anything):
@@ -199,8 +236,26 @@ class RunDirectory:
             (self.path / LOCK_FILE).unlink()
             if remove and self.created:
                 self.path.rmdir()
+        _HELD_LOCKS.discard(self._lock_fd)
         os.close(self._lock_fd)
         self._lock_fd = None
+
+
+# The descriptors of the run-directory locks this process holds. A flock belongs to the open file
+# description, which a fork shares: a forked DataLoader worker would keep the lock after the trainer
+# died (kill -9) until it noticed and exited. Children close their copies as soon as they are forked.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def already_a_run(path: Path) -> RunDirectoryError:
@@ -238,19 +293,25 @@ def _refuse_if_in_use(path: Path) -> None:
         os.close(fd)
 
 
+def check_output_dir(path: str | Path, overwrite: bool = False, option: str = "--gallery") -> Path:
+    """Raise what ``claim_output_dir`` would refuse, changing nothing (a command's check before its work)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"{option} {path} is a file, not a directory: choose another {option}")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise RunDirectoryError(f"{option} {path} is not empty: choose another {option}, or add --overwrite "
+                                f"(keeps the old contents as {_next_aside(path)})")
+    return path
+
+
 def claim_output_dir(path: str | Path, overwrite: bool = False, option: str = "--gallery") -> Path:
     """An output directory a command fills (e.g. ``evaluate.py --gallery``): new, or existing and empty.
 
     A non-empty one is refused (``RunDirectoryError`` naming ``option``), or with ``overwrite`` moved
     to ``<path>.old-<n>``. The directory exists afterwards (created by an exclusive mkdir when new).
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirectoryError(f"{option} {path} is a file, not a directory: choose another {option}")
+    path = check_output_dir(path, overwrite, option)
     if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise RunDirectoryError(f"{option} {path} is not empty: choose another {option}, or add --overwrite "
-                                    f"(keeps the old contents as {_next_aside(path)})")
         move_aside(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -283,5 +344,5 @@ def on_main_process(decide: Callable[[], T], state=None) -> T:
 
 
 
-__all__ = ["RunDirectory", "run_entries", "has_state", "latest_run", "resolve_run_dir", "move_aside",
-           "create_unique_dir", "claim_output_dir", "on_main_process", "RUN_ENTRIES", "TRAINER_STATE"]
+__all__ = ["RunDirectory", "finished_summary", "run_entries", "has_state", "latest_run", "resolve_run_dir", "move_aside",
+           "create_unique_dir", "check_output_dir", "claim_output_dir", "on_main_process", "RUN_ENTRIES", "TRAINER_STATE"]

@@ -190,6 +190,9 @@ class Trainer:
 
     def __init__(self, config: RunConfig, output_dir: str | Path | None = None, resume: bool = False,
                  progress: bool = True, cpu: bool | None = None, overwrite: bool = False):
+        # A relative data.root is the launch directory's: recorded absolute in the run's config and its
+        # checkpoints, so evaluate.py / app.py / demo.py find (or regenerate) the same data from any folder.
+        config.data.root = os.path.abspath(os.path.expanduser(str(config.data.root)))
         self.config = config
         self.output_dir = output_dir
         self.resume = resume
@@ -456,7 +459,7 @@ class Trainer:
 
     @property
     def resume_command(self) -> str:
-        return f"accelerate launch train.py --resume --output-dir {self.out}"
+        return f"accelerate launch -q train.py --resume --output-dir {self.out}"
 
     def load_state(self) -> None:
         """Restore model, optimiser, RNG, schedule and counters from ``state/``."""
