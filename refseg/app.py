@@ -93,9 +93,10 @@ class Segmenter:
         max_megapixels: larger images are refused from their header, before decoding.
     """
 
-    def __init__(self, predictor, max_megapixels: float = MAX_MEGAPIXELS):
+    def __init__(self, predictor, max_megapixels: float = MAX_MEGAPIXELS, batcher=None):
         self.predictor = predictor
         self.max_pixels = int(max_megapixels * 1e6)
+        self.batcher = batcher  # a refseg.serve.Batcher: the page's forwards batched with the API's
 
     def read(self, path: str | os.PathLike, name: Optional[str] = None) -> np.ndarray:
         """An uploaded file -> RGB uint8 (H, W, 3); ImageReadError naming ``name`` (not the server path)."""
@@ -110,7 +111,10 @@ class Segmenter:
         expressions = parse_expressions(text)  # before the image: cheap checks first
         image = self.read(path, name)
         t0 = time.perf_counter()
-        masks = self.predictor.predict(image, expressions)  # (K, H, W) bool, one batched forward
+        if self.batcher is not None:
+            masks = self.batcher.predict(image, expressions).masks
+        else:
+            masks = self.predictor.predict(image, expressions)  # (K, H, W) bool, one batched forward
         model_seconds = time.perf_counter() - t0
         drawn = overlay(image, masks, expressions if len(expressions) > 1 else expressions[0])
         return Segmentation(expressions, drawn, masks, model_seconds, time.perf_counter() - start,
@@ -209,7 +213,7 @@ class _Scratch:
 
 
 def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), photos: Sequence[str] = (),
-               title: str = "refseg"):
+               title: str = "refseg", concurrency: int = 1):
     """The Gradio Blocks page around ``segmenter``; its segment event is the API ``/segment``."""
     gr = offline_gradio()
     scratch = _Scratch()
@@ -277,14 +281,14 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
                                  elem_id="attention", format="png", interactive=False)
         details = gr.State()
         event = gr.on([text.submit], fn=segment, inputs=[image, text], outputs=[drawn, mask, details],
-                      api_name="segment", preprocess=False, concurrency_limit=1)
+                      api_name="segment", preprocess=False, concurrency_limit=concurrency)
         event.then(lambda md: md, inputs=details, outputs=summary, api_visibility="private")
         explain_button.click(explain, inputs=[image, text], outputs=[gallery, explanation], api_name="explain",
                              api_visibility="undocumented", preprocess=False, concurrency_limit=1)
     return demo
 
 
-def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = ()) -> None:
+def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = (), app_kwargs: Optional[dict] = None) -> None:
     """Serve ``demo`` until interrupted; UserError (one line) if the address cannot be used."""
     gr = offline_gradio()
     # System fonts: the default theme's web fonts would be one more thing to serve or fetch.
@@ -294,6 +298,6 @@ def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = ()) -> Non
         demo.queue(default_concurrency_limit=1).launch(
             server_name=host, server_port=port, share=False, show_error=False, ssr_mode=False,
             max_file_size=MAX_UPLOAD, allowed_paths=list(allowed_paths), footer_links=["api"], theme=theme,
-            pwa=False, mcp_server=False)
+            pwa=False, mcp_server=False, app_kwargs=app_kwargs)
     except OSError as e:
         raise UserError(f"cannot serve on {host}:{port}: {e}") from None
