@@ -7,8 +7,9 @@
         handle_file("photo.jpg"), "the dog", api_name="/segment")
 
 ``Segmenter`` holds the logic without Gradio (validate the input, predict, draw); ``build_demo`` lays
-out the page around it. The model is loaded once, before the server starts; requests are served one
-at a time (a queue), so memory stays bounded by one request at the size limits below.
+out the page around it. The model is loaded once, before the server starts; with a batcher
+(``refseg.serve``, as app.py runs it) one worker thread runs it for the page and ``/api/segment``
+alike, so memory stays bounded by the batch and queue limits and the size limits below.
 """
 from __future__ import annotations
 
