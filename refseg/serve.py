@@ -50,7 +50,7 @@ class ServerBusy(UserError):
         self.retry_after = retry_after
 
 
-@dataclass
+@dataclass(eq=False)  # identity: comparing jobs must not compare their images
 class _Job:
     image: np.ndarray
     expressions: list[str]
