@@ -7,8 +7,9 @@
         handle_file("photo.jpg"), "the dog", api_name="/segment")
 
 ``Segmenter`` holds the logic without Gradio (validate the input, predict, draw); ``build_demo`` lays
-out the page around it. The model is loaded once, before the server starts; requests are served one
-at a time (a queue), so memory stays bounded by one request at the size limits below.
+out the page around it. The model is loaded once, before the server starts; with a batcher
+(``refseg.serve``, as app.py runs it) one worker thread runs it for the page and ``/api/segment``
+alike, so memory stays bounded by the batch and queue limits and the size limits below.
 """
 from __future__ import annotations
 
@@ -100,9 +101,10 @@ class Segmenter:
         max_megapixels: larger images are refused from their header, before decoding.
     """
 
-    def __init__(self, predictor, max_megapixels: float = MAX_MEGAPIXELS):
+    def __init__(self, predictor, max_megapixels: float = MAX_MEGAPIXELS, batcher=None):
         self.predictor = predictor
         self.max_pixels = int(max_megapixels * 1e6)
+        self.batcher = batcher  # a refseg.serve.Batcher: the page's forwards batched with the API's
 
     def read(self, path: str | os.PathLike, name: Optional[str] = None) -> np.ndarray:
         """An uploaded file -> RGB uint8 (H, W, 3); ImageReadError naming ``name`` (not the server path)."""
@@ -117,7 +119,10 @@ class Segmenter:
         expressions = parse_expressions(text)  # before the image: cheap checks first
         image = self.read(path, name)
         t0 = time.perf_counter()
-        masks = self.predictor.predict(image, expressions)  # (K, H, W) bool, one batched forward
+        if self.batcher is not None:
+            masks = self.batcher.predict(image, expressions).masks
+        else:
+            masks = self.predictor.predict(image, expressions)  # (K, H, W) bool, one batched forward
         model_seconds = time.perf_counter() - t0
         texts = captions(expressions, masks)  # "no object matches ..." where a mask is empty
         drawn = overlay(image, masks, texts if len(texts) > 1 else texts[0])
@@ -257,9 +262,10 @@ SYNTHETIC_NOTE = ("**This checkpoint was trained on refshapes, synthetic coloure
 
 
 def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), photos: Sequence[str] = (),
-               title: str = "refseg", note: str = ""):
+               title: str = "refseg", note: str = "", concurrency: int = 1):
     """The Gradio Blocks page around ``segmenter``; its segment event is the API ``/segment``.
-    ``note``: Markdown shown under the title (e.g. ``SYNTHETIC_NOTE``)."""
+    ``note``: Markdown shown under the title (e.g. ``SYNTHETIC_NOTE``); ``concurrency``: segment events
+    run at once (the dynamic batcher's largest batch when the page shares it)."""
     gr = offline_gradio()
     scratch = _Scratch()
 
@@ -329,7 +335,7 @@ def build_demo(segmenter: Segmenter, examples: Sequence[tuple[str, str]] = (), p
                                  elem_id="attention", format="png", interactive=False)
         details = gr.State()
         event = gr.on([text.submit], fn=segment, inputs=[image, text], outputs=[drawn, mask, details],
-                      api_name="segment", preprocess=False, concurrency_limit=1)
+                      api_name="segment", preprocess=False, concurrency_limit=concurrency)
         event.then(lambda md: md, inputs=details, outputs=summary, api_visibility="private")
         explain_button.click(explain, inputs=[image, text], outputs=[gallery, explanation], api_name="explain",
                              api_visibility="undocumented", preprocess=False, concurrency_limit=1)
@@ -461,10 +467,12 @@ def _stop_like_ctrl_c(signum, frame):
     raise KeyboardInterrupt
 
 
-def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = ()) -> None:
+def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = (), app_kwargs: Optional[dict] = None) -> None:
     """Serve ``demo`` until interrupted (Ctrl-C or SIGTERM: the same clean shutdown, temporary files
     removed); UserError (one line) if the address cannot be used. ``allowed_paths``: the only files
-    outside Gradio's cache it may serve (the example photos, listed one by one)."""
+    outside Gradio's cache it may serve (the example photos, listed one by one). ``app_kwargs``: more
+    for Gradio's FastAPI app (``refseg.serve.app_kwargs``: the HTTP API's routes); ``RequestGuard``
+    always wraps the whole app, API included."""
     gr = offline_gradio()
     from starlette.middleware import Middleware
 
@@ -477,7 +485,8 @@ def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = ()) -> Non
             server_name=host, server_port=port, share=False, show_error=False, ssr_mode=False,
             max_file_size=MAX_UPLOAD, allowed_paths=list(allowed_paths), footer_links=["api"], theme=theme,
             pwa=False, mcp_server=False, quiet=True, prevent_thread_lock=True,
-            app_kwargs={"middleware": [Middleware(RequestGuard, host=host)]})
+            app_kwargs={**(app_kwargs or {}), "middleware": [Middleware(RequestGuard, host=host),
+                                                             *(app_kwargs or {}).get("middleware", [])]})
         shown = f"[{host}]" if ":" in host else host
         print(f"serving on http://{shown}:{port}/ (Ctrl-C stops it)", flush=True)
         demo.block_thread()  # returns on Ctrl-C or SIGTERM, after closing the server

@@ -12,6 +12,12 @@ object matches". An expression that names several objects gets one mask, their u
 Everything between the image and the model is the checkpoint's ``RefSegProcessor`` (the training
 preprocessing, normalisation on the model's device, and one resize from the model's stride-4 logits
 to the image's size).
+
+``backend`` chooses how the forward runs (``BACKENDS``): ``fp32`` eager; ``bf16`` (CPU or CUDA) and
+``fp16`` (CUDA) autocast; ``channels_last`` memory format; ``compile`` (``torch.compile``, its first
+calls at each batch size compile); ``int8`` (dynamic int8 quantisation of the Linear layers, CPU);
+``onnx`` (ONNX Runtime on an export, ``python -m refseg.export onnx``). ``auto``: bf16 on CUDA, fp32 on
+the CPU. ``benchmarks/inference_backends.py`` measures their speed and agreement with fp32.
 """
 from __future__ import annotations
 
@@ -27,6 +33,23 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+BACKENDS = ("auto", "fp32", "bf16", "fp16", "channels_last", "compile", "int8", "onnx")
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; ValueError for an unknown name or one the device lacks."""
+    backend = (backend or "auto").lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if backend == "fp16" and device.type != "cuda":
+        raise ValueError("backend fp16 needs a CUDA device (on the CPU use bf16)")
+    if backend in ("int8", "onnx") and device.type != "cpu":
+        raise ValueError(f"backend {backend} runs on the CPU only (use --device cpu)")
+    return backend
+
+
 class Predictor:
     """Wraps a RefSegModel and its processor for single-image inference.
 
@@ -38,10 +61,12 @@ class Predictor:
         run_config: the checkpoint's RunConfig, when known (``from_pretrained`` sets it).
         no_target_threshold: the no-target probability above which a mask is emptied (default: the
             model's ``model.no_target.threshold``); ignored by a model without a no-target head.
+        backend: one of ``BACKENDS`` (see the module's docstring); default ``auto``.
+        onnx_path: the exported model for ``backend="onnx"`` (default: exported now into a temporary file).
     """
 
     def __init__(self, model, processor, device: Optional[Union[str, torch.device]] = None, run_config=None,
-                 no_target_threshold: Optional[float] = None):
+                 no_target_threshold: Optional[float] = None, backend: Optional[str] = "auto", onnx_path=None):
         from .processing import RefSegProcessor
 
         self.device = torch.device(device) if device is not None else _default_device()
@@ -56,6 +81,24 @@ class Predictor:
                                     else no_target_threshold)
         self.run_config = run_config
         self.checkpoint_path = None
+        self.backend = resolve_backend(backend, self.device)
+        self._precision = {"bf16": "bf16", "fp16": "fp16"}.get(self.backend, "no")
+        self._run = self.model  # the forward of the backend: kwargs -> an object with .logits
+        self._setup_backend(onnx_path)
+
+    def _setup_backend(self, onnx_path) -> None:
+        if self.backend == "channels_last":
+            self.model = self._run = self.model.to(memory_format=torch.channels_last)
+        elif self.backend == "compile":
+            self._run = torch.compile(self.model)
+        elif self.backend == "int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            self.model = self._run = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif self.backend == "onnx":
+            from .export import OnnxRunner
+
+            self._run = OnnxRunner.for_model(self.model, self.processor, onnx_path)
 
     @property
     def tokenizer(self):
@@ -82,12 +125,14 @@ class Predictor:
         self.processor.no_target_threshold = float(value)
 
     @classmethod
-    def from_pretrained(cls, path, device: Optional[Union[str, torch.device]] = None) -> "Predictor":
+    def from_pretrained(cls, path, device: Optional[Union[str, torch.device]] = None, backend: Optional[str] = "auto",
+                        onnx_path=None) -> "Predictor":
         """A checkpoint directory (``save_pretrained``) or Hub id ``org/name[@revision]`` -> Predictor."""
         from .models import load_checkpoint
 
         ckpt = load_checkpoint(path)
-        pred = cls(ckpt.model, ckpt.processor, device=device, run_config=ckpt.run_config)
+        pred = cls(ckpt.model, ckpt.processor, device=device, run_config=ckpt.run_config, backend=backend,
+                   onnx_path=onnx_path)
         pred.checkpoint_path = ckpt.path
         return pred
 
@@ -111,20 +156,62 @@ class Predictor:
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise ValueError("text: expected a non-empty expression")
         # uint8 to the device, normalised there (as the loader's batches): a quarter of the bytes to copy
-        return self.processor.to_device(self.processor(images=image, text=texts), self.device)
+        return self._to_device(self.processor(images=image, text=texts))
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = self.processor.to_device(batch, self.device)
+        if self.backend == "channels_last":
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
+        return inputs
 
     def _forward(self, image: np.ndarray, text: Union[str, Sequence[str]], output_attentions: bool = False):
         """(model inputs, RefSegOutput) for K expressions of one image."""
         inputs = self._inputs(image, text)
-        with torch.inference_mode(), autocast(self.device):
-            return inputs, self.model(**inputs, output_attentions=output_attentions)
+        with torch.inference_mode(), autocast(self.device, self._precision):
+            if output_attentions:  # the eager model: compiled and exported forwards return logits only
+                return inputs, self.model(**inputs, output_attentions=True)
+            return inputs, self._run(**inputs)
+
+    def forward_many(self, requests: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[tuple]:
+        """Several requests, each (image, its K expressions), in ONE forward -> per request (the
+        object-minus-background margin (K, H, W) float32 on the CPU at that image's own size, the
+        no-target probabilities (K,) float32 or None without a no-target head).
+
+        The images may differ in size: each is resized to the processor's uint8 planes, the planes and
+        token ids of all requests are stacked into one batch, and each request's rows of the logits are
+        brought back to its own image (the dynamic batcher of ``refseg.serve`` runs this).
+        """
+        images, counts, parts = [], [], []
+        for image, texts in requests:
+            texts = [texts] if isinstance(texts, str) else list(texts)
+            if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+                raise ValueError("text: expected a non-empty expression")
+            image = self._check_image(image)
+            images.append(image)
+            counts.append(len(texts))
+            parts.append(self.processor(images=image, text=texts))
+        if not parts:
+            return []
+        batch = {k: torch.cat([p[k] for p in parts]) for k in ("pixel_values", "input_ids", "attention_mask")}
+        inputs = self._to_device(batch)
+        with torch.inference_mode():
+            with autocast(self.device, self._precision):
+                out = self._run(**inputs)
+            margins = [self.processor.post_process_logits(chunk, image.shape[:2]).cpu()
+                       for chunk, image in zip(out.logits.split(counts), images)]
+        nt = getattr(out, "no_target_logits", None)
+        if nt is None:
+            return [(m, None) for m in margins]
+        probs = torch.sigmoid(nt.float()).cpu().numpy()
+        return list(zip(margins, np.split(probs, np.cumsum(counts)[:-1])))
+
+    def margins_many(self, requests: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[torch.Tensor]:
+        """``forward_many``'s margins alone (the decoder's, before any no-target decision)."""
+        return [m for m, _ in self.forward_many(requests)]
 
     def _margin(self, image: np.ndarray, text: Union[str, Sequence[str]]) -> torch.Tensor:
         """Object-minus-background logit at the image size, (H, W) or (K, H, W), float32 on the CPU."""
-        image = self._check_image(image)
-        _, out = self._forward(image, text)
-        with torch.inference_mode():
-            margin = self.processor.post_process_logits(out.logits, image.shape[:2]).cpu()
+        margin = self.margins_many([(image, text)])[0]
         return margin[0] if isinstance(text, str) else margin
 
     def _no_target_proba(self, out, single: bool):

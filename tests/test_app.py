@@ -160,6 +160,25 @@ def test_several_expressions_one_request(client, predictor, photo):
     assert _read(overlay_png).shape == (120, 160, 3)
 
 
+def test_http_api_beside_the_page(server, predictor, photo):
+    """/api/segment and /api/health are served by the page's own server (mounted on Gradio's app)."""
+    import httpx
+
+    url = server[0]
+    health = httpx.get(url + "api/health", timeout=30).json()
+    assert health["device"] == "cpu" and health["queue_depth"] == 0 and health["model"]
+    with open(photo, "rb") as f:
+        r = httpx.post(url + "api/segment", files={"image": ("scene.png", f, "image/png")},
+                       data={"text": "the red disc"}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    mask = np.asarray(Image.open(__import__("io").BytesIO(r.content)))
+    assert np.array_equal(mask == 255, predictor.predict(_scene(), "the red disc"))
+    r = httpx.post(url + "api/segment", files={"image": ("scene.png", b"not a picture", "image/png")},
+                   data={"text": "the red disc"}, timeout=60)
+    assert r.status_code == 400 and "not an image" in r.json()["error"]
+    assert "/api/segment" in httpx.get(url + "openapi.json", timeout=30).json()["paths"]
+
+
 @pytest.mark.parametrize("case", ["not_an_image", "empty", "whitespace", "huge", "long_text", "too_many"])
 def test_bad_input_gets_a_message_and_the_server_keeps_serving(client, server, photo, tmp_path, case):
     image, text = str(photo), "the red disc"

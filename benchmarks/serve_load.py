@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Load on the HTTP API: ``POST /api/segment`` under 1, 4, 8 and 32 concurrent clients.
+
+First ``Predictor.predict`` in this process on the photo (the model alone: the floor); then
+``python app.py`` on a free 127.0.0.1 port with the serving flags given here, and for each level of
+--clients that many client threads send --requests requests in all (each level also stops after
+--time-limit seconds). Per level: p50/p95/p99 latency of the 200s, requests/s, 503s, other errors
+(any other status or a failed connection) and the server's resident memory (now and peak). Last, the
+server must still answer /api/health.
+
+    python benchmarks/serve_load.py --checkpoint runs/x/best
+    python benchmarks/serve_load.py --checkpoint runs/x/best --clients 64 --max-queue 16 --requests 256
+
+Timings need a quiet machine: run nothing else meanwhile.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, start_app
+from app_latency import DEFAULT_IMAGE, commit, machine
+
+
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of ``pid`` in MB; (nan, nan) where /proc is not there."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out.get("VmRSS", float("nan")), out.get("VmHWM", float("nan"))
+
+
+def _level(url: str, body: bytes, name: str, text: str, clients: int, requests: int, time_limit: float) -> dict:
+    """``clients`` threads share ``requests`` requests (stopping at ``time_limit``); counts and latencies."""
+    import httpx
+
+    lock = threading.Lock()
+    issued = [0]
+    lat, codes, errors = [], {}, []
+    deadline = time.monotonic() + time_limit
+
+    def worker():
+        with httpx.Client(timeout=max(time_limit, 30)) as c:
+            while True:
+                with lock:
+                    if issued[0] >= requests or time.monotonic() > deadline:
+                        return
+                    issued[0] += 1
+                t0 = time.perf_counter()
+                try:
+                    r = c.post(url + "api/segment", files={"image": (name, body)}, data={"text": text})
+                    code = r.status_code
+                except httpx.HTTPError as e:
+                    code = None
+                    with lock:
+                        errors.append(type(e).__name__)
+                dt = time.perf_counter() - t0
+                with lock:
+                    codes[code] = codes.get(code, 0) + 1
+                    if code == 200:
+                        lat.append(dt)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"lat": lat, "codes": codes, "errors": errors, "wall": wall, "sent": issued[0]}
+
+
+def main(argv=None) -> int:
+    from refseg.cli import ArgumentParser
+    from refseg.errors import UserError
+    from refseg.hub import resolve_checkpoint
+
+    ap = ArgumentParser(prog="serve_load.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default=None, help="default: the newest runs/*/best")
+    ap.add_argument("--image", default=str(DEFAULT_IMAGE), help="default: a 640x480 realref photo")
+    ap.add_argument("--text", default="the person on the left")
+    ap.add_argument("--clients", default="1,4,8,32", help="concurrency levels, comma-separated")
+    ap.add_argument("--requests", type=int, default=64, help="requests per level (default 64)")
+    ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per level at most (default 120)")
+    ap.add_argument("--repeats", type=int, default=20, help="in-process Predictor.predict calls (default 20)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads, server and Predictor")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--batch-window-ms", type=float, default=None)
+    ap.add_argument("--max-batch", type=int, default=None)
+    ap.add_argument("--max-queue", type=int, default=None)
+    ap.add_argument("--request-timeout", type=float, default=None)
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.clients.split(",") if x.strip()]
+    if not levels or min(levels) < 1 or args.requests < 1 or args.time_limit <= 0:
+        raise UserError("--clients must list positive counts; --requests and --time-limit must be positive")
+    ckpt = resolve_checkpoint(args.checkpoint, runs_dir=REPO / "runs")
+    import httpx
+    import torch
+
+    from refseg.data.io import read_image, write_image
+    from refseg.predictor import Predictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = tempfile.TemporaryDirectory(prefix="serve-load-")
+    if not Path(args.image).is_file():
+        noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        args.image = str(write_image(Path(tmp.name) / "noise.jpg", noise))
+    image = read_image(args.image)
+    body = Path(args.image).read_bytes()
+    print(f"{time.strftime('%Y-%m-%d')}, commit {commit()}, {machine()}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads)")
+    print(f"checkpoint {ckpt}; image {args.image} ({image.shape[1]}x{image.shape[0]}, {len(body) / 1e3:.0f} KB); "
+          f"text {args.text!r}")
+
+    predictor = Predictor.from_pretrained(ckpt, device="cpu", backend=args.backend)
+    alone = []
+    for i in range(args.repeats + 2):
+        t0 = time.perf_counter()
+        predictor.predict(image, args.text)
+        if i >= 2:
+            alone.append(time.perf_counter() - t0)
+    del predictor
+    print(f"in-process Predictor.predict ({args.backend}): median {1000 * statistics.median(alone):.1f} ms, "
+          f"{1 / statistics.median(alone):.1f} requests/s (n={len(alone)})")
+
+    flags = ["--device", "cpu", "--threads", str(torch.get_num_threads()), "--backend", args.backend]
+    for flag in ("batch_window_ms", "max_batch", "max_queue", "request_timeout"):
+        if getattr(args, flag) is not None:
+            flags += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    log = open(Path(tmp.name) / "server.log", "w")
+    proc, url = start_app(ckpt, log, *flags)
+    rows = []
+    try:
+        health = httpx.get(url + "api/health", timeout=30).json()
+        print(f"server: {' '.join(flags)}; batch window {health['batch_window_ms']:g} ms, max batch "
+              f"{health['max_batch']}, max queue {health['max_queue']}; RSS {_rss_mb(proc.pid)[0]:.0f} MB idle")
+        _level(url, body, Path(args.image).name, args.text, 1, 2, 60)  # warm-up
+        for n in levels:
+            r = _level(url, body, Path(args.image).name, args.text, n, args.requests, args.time_limit)
+            rss, peak = _rss_mb(proc.pid)
+            lat = np.array(r["lat"]) * 1000
+            q = (lambda p: f"{np.percentile(lat, p):7.1f}") if len(lat) else (lambda p: "      -")
+            ok = r["codes"].get(200, 0)
+            busy = r["codes"].get(503, 0)
+            other = r["sent"] - ok - busy
+            rows.append(f"| {n:7d} | {r['sent']:4d} | {ok:4d} | {busy:4d} | {other:6d} | {q(50)} | {q(95)} | {q(99)} | "
+                        f"{ok / r['wall']:6.2f} | {rss:6.0f} | {peak:6.0f} |")
+            if other:
+                rows[-1] += f" other statuses {dict((k, v) for k, v in r['codes'].items() if k not in (200, 503))}"
+        still = httpx.get(url + "api/health", timeout=30).status_code
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    print()
+    print("| clients | sent |  200 |  503 | errors |  p50 ms |  p95 ms |  p99 ms |  req/s | RSS MB | peak MB |")
+    print("|--------:|-----:|-----:|-----:|-------:|--------:|--------:|--------:|-------:|-------:|--------:|")
+    print("\n".join(rows))
+    print(f"\nlatency: of the 200s, client side (upload, decode, queue, batch, model, PNG); in-process model alone "
+          f"median {1000 * statistics.median(alone):.1f} ms. After the load: /api/health {still}.")
+    return 0
+
+
+if __name__ == "__main__":
+    from refseg.cli import run
+
+    run(main, prog="serve_load.py")
