@@ -317,6 +317,10 @@ class TrainConfig:
     cpu_threads: Optional[int] = option(None, "CPU threads per process (null: this machine's cores shared "
                                               "among its processes)")
     stop_at_step: Optional[int] = option(None, "save state and exit at this step (continue with --resume)")
+    text_feature_cache_mb: int = option(
+        1024, "with a frozen text encoder (model.text.trainable_layers none, no train_embeddings): keep each "
+        "expression's text features, computed once, in a least-recently-used cache of at most this many MiB "
+        "on the training device (0: off; never used while text layers train)")
     resume: Literal["auto", "never"] = option(
         "auto", "auto: a worker restarted by torchrun's elastic agent (--max-restarts; TORCHELASTIC_RESTART_COUNT "
         "> 0) continues the run its own job wrote from its last complete state, with no --resume; a fresh "
@@ -334,6 +338,8 @@ class TrainConfig:
             raise ConfigError("set one of max_steps, max_epochs or max_minutes (all are null)")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.text_feature_cache_mb < 0:
+            raise ConfigError(f"text_feature_cache_mb: must be >= 0, got {self.text_feature_cache_mb}")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data.dataset import worker_init
 from ..errors import SaveError, UserError, first_line
+from ..models.text import FeatureCache
 from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores, read_directory
 from .rundir import TRAINER_STATE, RunDirectory, has_state, latest_run, on_main_process, resolve_run_dir  # noqa: F401
 from .badsamples import BAD_SAMPLES, SkipBadSamples, default_limit, read_records
@@ -342,6 +343,8 @@ class Trainer:
             optimizer, poly_warmup_lambda(lambda: self.planned_steps, tc.warmup_steps, tc.poly_power))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
+        # a frozen text encoder computes each expression's features once (models/text.py FeatureCache)
+        self.unwrapped.text_encoder.cache = FeatureCache(tc.text_feature_cache_mb * 2**20)
         self.processor.pad_multiple = self.unwrapped.pad_multiple
 
     @property
