@@ -86,6 +86,8 @@ def test_past_the_limit_the_run_stops_with_one_line(trained_run, tmp_path):
 def test_evaluation_fails_on_a_bad_sample_unless_skip_bad(trained_run, tmp_path):
     base, run, _ = trained_run
     root, (broken,) = _corrupt_copy(base, tmp_path, "val", 1)
+    images = json.loads((root / "refshapes" / "instances.json").read_text())["images"]
+    (broken_id,) = [im["id"] for im in images if broken.endswith("/" + im["file_name"])]
     args = ["evaluate.py", "--checkpoint", run / "best", "--split", "val", "--data-root", root, "--no-progress"]
     r = run_script(args)
     assert r.returncode == 2 and len(_own_lines(r.stderr)) == 1, r.stderr[-3000:]
@@ -94,8 +96,9 @@ def test_evaluation_fails_on_a_bad_sample_unless_skip_bad(trained_run, tmp_path)
     r = run_script([*args, "--skip-bad", "--out", out])
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())
-    full = json.loads(run_script(["evaluate.py", "--checkpoint", run / "best", "--split", "val", "--data-root",
-                                  base / "data", "--no-progress", "--out", tmp_path / "f.json"]).stdout and
-                      (tmp_path / "f.json").read_text())
-    assert got["bad_samples"] >= 1 and got["num_samples"] == full["num_samples"] - got["bad_samples"]
+    refs = json.loads((root / "refshapes" / "refs(refshapes).json").read_text())
+    val_pairs = sum(len(r["sentences"]) for r in refs if r["split"] == "val")
+    on_broken = sum(len(r["sentences"]) for r in refs if r["split"] == "val" and r["image_id"] == broken_id)
+    assert got["bad_samples"] == on_broken >= 1 and got["num_samples"] == val_pairs - on_broken
+    assert {b["path"] for b in got["bad_sample_list"]} == {broken}
     assert f"skipped {got['bad_samples']} unreadable" in r.stdout
