@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(new or empty; see --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="a non-empty --gallery directory is moved to "
                                                             "<dir>.old-<n> (never deleted) and written afresh")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out expressions whose image or mask cannot be read (default: stop with an error), "
+                        "and report how many")
     p.add_argument("--max-samples", type=int, default=None, help="score only the first N (ref, sentence) pairs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -250,12 +253,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results[split] = evaluate(model, ds, processor, accelerator=accelerator, batch_size=batch_size,
                                   resized_gt=resized_gt, shuffle_text=args.shuffle_text, gallery_dir=gallery,
                                   progress=is_main and not args.no_progress, num_workers=num_workers,
-                                  desc=split, mixed_precision=cfg.eval.mixed_precision)
+                                  desc=split, mixed_precision=cfg.eval.mixed_precision, skip_bad=args.skip_bad)
 
     if is_main:
         mode = f"resized gt {cfg.model.image_size}x{cfg.model.image_size}" if resized_gt else "original size"
         extra = ", shuffled expressions" if args.shuffle_text else ""
         _print_results(results, f"{ckpt} on {data.name} ({data.split_by}), scored at {mode}{extra}")
+        for split, r in results.items():
+            if args.skip_bad:
+                first = f" (first: {r['bad_sample_list'][0]['reason']})" if r["bad_samples"] else ""
+                print(f"{split}: skipped {r['bad_samples']} unreadable samples (--skip-bad){first}")
         if args.gallery:
             print(f"gallery: {args.gallery}")
         if args.out:

@@ -8,6 +8,7 @@
     accelerate launch -q train.py --config configs/lavt_refcoco.yaml --init-from checkpoints/lavt_refcoco   # fine-tune
     python train.py train.max_steps=200 model.image_size=160
     python train.py --help-config                    # every config key with its type, default and help
+    torchrun --standalone --nproc_per_node 8 --max-restarts 2 train.py --output-dir runs/x   # restarts resume by themselves
 
 Any config field can be overridden as key=value by its dotted name. A run never overwrites another:
 an --output-dir that holds a run needs --resume or --overwrite, and the default runs/<timestamp> gets a

@@ -16,6 +16,8 @@ POINT names what happens, on the N-th time the process gets there:
   directory: the process's file-size limit (RLIMIT_FSIZE) drops to 64 KiB, so every larger write fails
   in the kernel (EFBIG) inside the real writers (safetensors, torch.save, json), as on a full disk.
 - ``enospc``: the N-th ``safetensors.torch.save_file`` writes half its file, then fails with ENOSPC.
+- ``rank1``: SIGKILL rank 1 of a torchrun job at the start of its N-th optimizer step, in the job's first
+  attempt only (``TORCHELASTIC_RESTART_COUNT`` 0): the elastic agent's restart then runs unharmed.
 - ``clock``: never fails; new run directories are named N (a fixed timestamp, so simultaneous
   launches collide on the name).
 - ``fakeclock``: never fails; the trainer and its time budget (``train.max_minutes``) read a virtual
@@ -157,6 +159,15 @@ elif point == "fakeclock":
         return _step(self, *args, **kwargs)
 
     torch.optim.AdamW.step = _ticking_step
+elif point == "rank1":
+    _step = torch.optim.AdamW.step
+
+    def _patched_step(self, *args, **kwargs):
+        if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and _arrive():
+            _die()
+        return _step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = _patched_step
 elif point == "clock":
     import refseg.engine.rundir
 

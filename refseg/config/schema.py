@@ -278,11 +278,17 @@ class DataConfig:
     max_val_samples: Optional[int] = option(300, "cap on (ref, sentence) pairs scored by the periodic "
                                                  "evaluations (null: the whole split; the final one is always whole)")
     augment: bool = option(False, "photometric jitter on training images (no flips: 'left'/'right')")
+    max_bad_samples: Optional[int] = option(
+        None, "training files that may fail to read or decode (each is skipped, another sample takes its place, "
+        "and it is listed in <run>/bad_samples.jsonl) before the run stops (null: 0.1% of the training set, at "
+        "least 10)")
     refshapes: RefShapesConfig = section(RefShapesConfig, "the synthetic dataset")
 
     def __post_init__(self):
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.max_bad_samples is not None and self.max_bad_samples < 0:
+            raise ConfigError(f"max_bad_samples: must be >= 0, got {self.max_bad_samples}")
 
 
 @dataclass
@@ -319,6 +325,14 @@ class TrainConfig:
     cpu_threads: Optional[int] = option(None, "CPU threads per process (null: this machine's cores shared "
                                               "among its processes)")
     stop_at_step: Optional[int] = option(None, "save state and exit at this step (continue with --resume)")
+    text_feature_cache_mb: int = option(
+        1024, "with a frozen text encoder (model.text.trainable_layers none, no train_embeddings): keep each "
+        "expression's text features, computed once, in a least-recently-used cache of at most this many MiB "
+        "on the training device (0: off; never used while text layers train)")
+    resume: Literal["auto", "never"] = option(
+        "auto", "auto: a worker restarted by torchrun's elastic agent (--max-restarts; TORCHELASTIC_RESTART_COUNT "
+        "> 0) continues the run its own job wrote from its last complete state, with no --resume; a fresh "
+        "launch never does. never: a restart is refused like any launch into a directory holding a run")
 
     def __post_init__(self):
         _check_positive(self, "batch_size", "gradient_accumulation_steps", "checkpoint_every", "eval_every",
@@ -332,6 +346,8 @@ class TrainConfig:
             raise ConfigError("set one of max_steps, max_epochs or max_minutes (all are null)")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.text_feature_cache_mb < 0:
+            raise ConfigError(f"text_feature_cache_mb: must be >= 0, got {self.text_feature_cache_mb}")
 
 
 @dataclass

@@ -14,14 +14,14 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..data.dataset import collate, worker_init
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..metrics import SegMetrics, intersection_union
 from ..ops import autocast
 
@@ -72,13 +72,43 @@ def _device(model, accelerator) -> torch.device:
     return torch.device("cpu")
 
 
+class _Readable(torch.utils.data.Dataset):
+    """The items ``positions`` of ``base``. An unreadable one raises ``DataError`` (``skip=False``: its
+    message says how to skip it) or becomes ``{"bad_sample": {index, path, reason}}``."""
+
+    def __init__(self, base, positions: Sequence[int], skip: bool):
+        self.base, self.positions, self.skip = base, list(positions), skip
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k: int) -> dict:
+        idx = self.positions[k]
+        try:
+            return self.base[idx]
+        except DataError as e:
+            if not self.skip:
+                raise DataError(f"{first_line(e)} (evaluate.py --skip-bad leaves unreadable samples out and "
+                                f"reports how many)") from None
+            sample = self.base.sample(idx)
+            return {"bad_sample": {"index": int(idx), "path": str(sample.image_path), "reason": first_line(e)}}
+
+
+def _collate_readable(items: list[dict]) -> tuple[Optional[dict], list[dict]]:
+    good = [i for i in items if "bad_sample" not in i]
+    return (collate(good) if good else None), [i["bad_sample"] for i in items if "bad_sample" in i]
+
+
 def score_positions(model, base, positions: Sequence[int], device: torch.device, batch_size: int = 16,
                     resized_gt: bool = False, num_workers: int = 0, progress: bool = False,
-                    desc: str = "eval", mixed_precision: str = "auto", processor=None) -> SegMetrics:
+                    desc: str = "eval", mixed_precision: str = "auto", processor=None,
+                    skip_bad: Optional[list] = None) -> SegMetrics:
     """Score the base-dataset items ``positions`` on this process; returns the per-sample records.
 
     ``mixed_precision``: ``eval.mixed_precision`` (see ``scoring_precision``); ``processor``: the
-    model's ``RefSegProcessor`` (default: the dataset's).
+    model's ``RefSegProcessor`` (default: the dataset's). An item that cannot be read raises
+    ``DataError``, unless ``skip_bad`` is a list: then it is left out of the scores and its
+    {index, path, reason} is appended to that list.
     """
     processor = processor or base.processor
     from tqdm.auto import tqdm
@@ -86,11 +116,15 @@ def score_positions(model, base, positions: Sequence[int], device: torch.device,
     metrics = SegMetrics()
     if not positions:
         return metrics
-    loader = DataLoader(Subset(base, list(positions)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate, worker_init_fn=worker_init,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = DataLoader(_Readable(base, positions, skip=skip_bad is not None), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate_readable,
+                        worker_init_fn=worker_init, pin_memory=device.type == "cuda", persistent_workers=False)
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        for batch, bad in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+            if bad:
+                skip_bad.extend(bad)
+            if batch is None:
+                continue
             x = processor.to_device(batch, device)  # uint8 pixels normalised on the device
             labels = x.pop("labels")
             with autocast(device, scoring_precision(mixed_precision, resized_gt)):
@@ -121,7 +155,7 @@ def scoring_precision(mixed_precision: str, resized_gt: bool) -> str:
 def evaluate(model, dataset, processor=None, accelerator=None, batch_size: int = 16, resized_gt: bool = False,
              shuffle_text: bool = False, gallery_dir: str | Path | None = None, progress: bool = True,
              num_workers: int = 0, gallery_size: int = 16, seed: int = 0, desc: str = "eval",
-             mixed_precision: str = "auto") -> dict:
+             mixed_precision: str = "auto", skip_bad: bool = False) -> dict:
     """Score ``model`` on ``dataset`` (a RefSegDataset with train=False, or a Subset of one) through
     ``processor`` (its ``RefSegProcessor``; default: the one the dataset prepares its items with).
 
@@ -130,6 +164,8 @@ def evaluate(model, dataset, processor=None, accelerator=None, batch_size: int =
     ``shuffle_text`` pairs each image with another object's expression (fixed-seed derangement).
     ``gallery_dir``: the main process writes the ``gallery_size`` lowest-IoU predictions as PNGs
     plus index.json / index.html.
+    An item whose image or annotation cannot be read raises ``DataError``; with ``skip_bad`` it is
+    left out, and the results hold ``bad_samples`` (how many) and ``bad_sample_list`` (path, reason).
     """
     base, positions = _unwrap(dataset)
     processor = processor or base.processor
@@ -153,15 +189,21 @@ def evaluate(model, dataset, processor=None, accelerator=None, batch_size: int =
     was_training = model.training
     model.eval()
     try:
+        bad: Optional[list] = [] if skip_bad else None
         local = score_positions(model, base, positions[rank::world], device, batch_size, resized_gt,
-                                num_workers, progress and is_main, desc, mixed_precision, processor)
+                                num_workers, progress and is_main, desc, mixed_precision, processor, skip_bad=bad)
         if world > 1:
             from accelerate.utils import gather_object
 
-            merged = SegMetrics.merge(gather_object([local.state()]))
+            gathered = gather_object([(local.state(), bad)])
+            merged = SegMetrics.merge([g[0] for g in gathered])
+            bad = None if bad is None else [b for g in gathered for b in g[1]]
         else:
             merged = local
         results = merged.compute()
+        if bad is not None:
+            results["bad_samples"] = len(bad)
+            results["bad_sample_list"] = sorted(bad, key=lambda b: b["index"])
         if gallery_dir is not None and is_main:
             write_gallery(model, processor, base, merged, gallery_dir, device, k=gallery_size, resized_gt=resized_gt,
                           mixed_precision=mixed_precision)

@@ -36,8 +36,10 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data.dataset import worker_init
 from ..errors import SaveError, UserError, first_line
+from ..models.text import FeatureCache
 from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores, read_directory
-from .rundir import TRAINER_STATE, RunDirectory, latest_run, on_main_process, resolve_run_dir  # noqa: F401
+from .rundir import TRAINER_STATE, RunDirectory, has_state, latest_run, on_main_process, resolve_run_dir  # noqa: F401
+from .badsamples import BAD_SAMPLES, SkipBadSamples, default_limit, read_records
 from .schedule import UNPLANNED, TimeBudget, parameter_groups, poly_warmup_lambda
 
 
@@ -206,6 +208,7 @@ class Trainer:
         self.out: Optional[Path] = None
         self.run_dir: Optional[RunDirectory] = None  # the main process's claim (holds the lock)
         self._saved_step: Optional[int] = None  # step of the last complete state/ on disk
+        self.bad_files: dict[str, dict] = {}  # unreadable training files: path -> first record (all processes)
         self.command = launch_command()  # for the model cards
 
     # -- setup ----------------------------------------------------------------------------------
@@ -218,7 +221,8 @@ class Trainer:
         # before the Accelerator exists.
         pstate = PartialState(cpu=self.cpu)
         if data:
-            self.out = Path(on_main_process(self._claim_run_dir, pstate))
+            out, self.resume = on_main_process(self._claim_run_dir, pstate)
+            self.out = Path(out)
         try:
             self._setup(data)
         except BaseException:
@@ -227,11 +231,25 @@ class Trainer:
             raise
         return self
 
-    def _claim_run_dir(self) -> str:
-        self.run_dir = RunDirectory.claim(self.output_dir, resume=self.resume, overwrite=self.overwrite)
+    def _claim_run_dir(self) -> tuple[str, bool]:
+        """(run directory, resume): the main process's decision, for every process."""
+        from .elastic import restart_count, restarted_run
+
+        resume, overwrite, output_dir = self.resume, self.overwrite, self.output_dir
+        if not (resume or overwrite) and self.config.train.resume == "auto":
+            own = restarted_run(output_dir)  # an elastic restart finds the run its own job wrote
+            if own is not None:
+                output_dir = own
+                if has_state(own):
+                    resume = True
+                    print(f"train.resume=auto: elastic restart {restart_count()} continues {own} from its last state")
+                else:  # killed before its first state: start over, the partial attempt kept aside
+                    overwrite = True
+        self.run_dir = RunDirectory.claim(output_dir, resume=resume, overwrite=overwrite)
         if self.run_dir.moved_to is not None:
-            print(f"--overwrite: moved the previous run in {self.run_dir.path} to {self.run_dir.moved_to}")
-        return str(self.run_dir.path)
+            print(f"{'--overwrite' if self.overwrite else 'train.resume=auto'}: moved the previous run in "
+                  f"{self.run_dir.path} to {self.run_dir.moved_to}")
+        return str(self.run_dir.path), resume
 
     def _setup(self, data: bool) -> None:
         from accelerate import Accelerator
@@ -280,6 +298,11 @@ class Trainer:
         self.train_dataset = RefSegDataset(source, cfg.data.train_split, self.processor, train=True,
                                            augment=cfg.data.augment, seed=tc.seed)
         self.val_dataset = RefSegDataset(source, cfg.data.val_split, self.processor, train=False)
+        # unreadable training files are replaced, listed in bad_samples.jsonl and counted (badsamples.py)
+        self.train_items = SkipBadSamples(self.train_dataset, tc.seed)
+        self.bad_limit = cfg.data.max_bad_samples
+        if self.bad_limit is None:
+            self.bad_limit = default_limit(len(self.train_dataset))
         self.val_subset = self.val_dataset
         if cfg.data.max_val_samples and len(self.val_dataset) > cfg.data.max_val_samples:
             idx = np.random.default_rng(0).choice(len(self.val_dataset), cfg.data.max_val_samples, replace=False)
@@ -323,6 +346,8 @@ class Trainer:
             optimizer, poly_warmup_lambda(lambda: self.planned_steps, tc.warmup_steps, tc.poly_power))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
+        # a frozen text encoder computes each expression's features once (models/text.py FeatureCache)
+        self.unwrapped.text_encoder.cache = FeatureCache(tc.text_feature_cache_mb * 2**20)
         self.processor.pad_multiple = self.unwrapped.pad_multiple
 
     @property
@@ -469,9 +494,15 @@ class Trainer:
         self._saved_step = self.state.step
         if self.budget is not None and self.state.planned_steps:
             self.max_steps, self.budget = self.state.planned_steps, None  # keep the resumed run's schedule
+        # files that failed before the resumed state (later ones fail again, and are listed again)
+        kept = read_records(self.out / BAD_SAMPLES, self.state.step)
+        self.bad_files = {rec["path"]: rec for rec in kept}
+        self.accelerator.wait_for_everyone()  # every process has read the list before it is rewritten
         if self.is_main:
             print(f"resuming {self.out} at step {self.state.step}/{self.planned_steps}")
             _drop_records_after(self.out / "metrics.jsonl", self.state.step)
+            if (self.out / BAD_SAMPLES).exists():
+                atomic_write_text(self.out / BAD_SAMPLES, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- the loop -------------------------------------------------------------------------------
     def _loader(self, sampler: EpochBatchSampler) -> DataLoader:
@@ -479,7 +510,7 @@ class Trainer:
         from ..data.dataset import collate
 
         tc, workers = self.config.train, self.config.data.num_workers
-        return DataLoader(self.train_dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+        return DataLoader(self.train_items, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                           pin_memory=self.accelerator.device.type == "cuda", worker_init_fn=worker_init,
                           persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(tc.seed * 7 + self.state.epoch))
@@ -512,7 +543,10 @@ class Trainer:
                 self.run_dir.release()
 
     def _train(self) -> dict:
+        from .elastic import write_launch_record
+
         cfg, tc, acc, st = self.config, self.config.train, self.accelerator, self.state
+        self._save_or_stop("launch.json", lambda: write_launch_record(self.out))  # before any run entry
         self._save_or_stop("config.yaml", lambda: cfg.save(self.out / "config.yaml"))
         if self.is_main:
             acc.init_trackers("tb", config={"lr": tc.lr, "batch_size": tc.batch_size})
@@ -530,6 +564,7 @@ class Trainer:
         while not self._done() and not stopped_early:
             sampler.set_epoch(st.epoch, skip=st.batches_in_epoch)
             for batch in loader:
+                self._note_bad_samples(batch.pop("bad_samples", []))
                 st.batches_in_epoch += 1
                 lv = self.train_step(batch)
                 if lv is None:
@@ -577,6 +612,45 @@ class Trainer:
                 st.end_epoch_if_done(sampler.global_batches())
         bar.close()
         return self._finish(stopped_early)
+
+    def _note_bad_samples(self, per_item: list[list[dict]]) -> None:
+        """Gather the batch's replaced samples from every process, list new files in bad_samples.jsonl
+        and stop (``DataError`` on every process) past ``data.max_bad_samples`` files."""
+        records = [r for rs in per_item for r in rs]
+        if self.world > 1:  # one small all-gather per batch; the records themselves only when there are any
+            from accelerate.utils import gather_object
+
+            count = self.accelerator.gather(torch.tensor([len(records)], device=self.accelerator.device))
+            if int(count.sum()) == 0:
+                return
+            records = gather_object(records)
+        new = []
+        for rec in records:
+            if rec["path"] not in self.bad_files:
+                rec = {**rec, "step": self.state.step + 1}  # the optimiser step whose batch held it
+                self.bad_files[rec["path"]] = rec
+                new.append(rec)
+        if not new:
+            return
+        if self.is_main:
+            for rec in new:
+                print(f"step {rec['step']}: skipped an unreadable training sample ({rec['reason']}); "
+                      f"{len(self.bad_files)} so far, listed in {self.out / BAD_SAMPLES}")
+
+        def append() -> None:
+            with open(self.out / BAD_SAMPLES, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in new))
+
+        self._save_or_stop(BAD_SAMPLES, append)
+        if len(self.bad_files) > self.bad_limit:
+            from ..errors import DataError
+
+            exc = DataError(f"{len(self.bad_files)} training files could not be read (more than "
+                            f"data.max_bad_samples={self.bad_limit}); they are listed in {self.out / BAD_SAMPLES}: "
+                            f"fix or remove them, or raise data.max_bad_samples, then continue with: "
+                            f"{self.resume_command}")
+            exc.agreed = True  # every process raises it: printed once
+            raise exc
 
     def _done(self) -> bool:
         planned = self.planned_steps

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -73,6 +74,7 @@ class TextEncoder(nn.Module):
             raise RuntimeError(f"cannot load the text encoder '{name}': {str(e).splitlines()[0]}") from None
         self.hidden_size = self.model.config.hidden_size
         self.train_dropout = bool(train_dropout)
+        self.cache = FeatureCache(0)  # off until the trainer sizes it (train.text_feature_cache_mb)
         self.set_trainable(trainable_layers, train_embeddings)
 
     @staticmethod
@@ -130,7 +132,75 @@ class TextEncoder(nn.Module):
         return layers
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, T, Dt) last hidden states."""
+        """(B, T) ids and mask -> (B, T, Dt) last hidden states.
+
+        While training with a frozen encoder and a sized ``cache``, each expression's features are
+        computed once and reused (see ``FeatureCache``); otherwise every call runs the encoder.
+        """
+        if self.frozen and self.training and self.cache.max_bytes > 0:
+            return self._cached(input_ids, attention_mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         return out.last_hidden_state
+
+    def _cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        context = (T, str(input_ids.device), torch.is_autocast_enabled(input_ids.device.type))
+        rows = torch.cat([input_ids, attention_mask], dim=1).tolist()  # one copy to the host
+        keys = [(context, tuple(r)) for r in rows]
+        found = [self.cache.get(k) for k in keys]
+        miss = [i for i, f in enumerate(found) if f is None]
+        if miss:
+            sel = torch.tensor(miss, device=input_ids.device)
+            with torch.no_grad():
+                out = self.model(input_ids=input_ids.index_select(0, sel),
+                                 attention_mask=attention_mask.index_select(0, sel)).last_hidden_state
+            for j, i in enumerate(miss):
+                found[i] = out[j].clone()
+                self.cache.put(keys[i], found[i])
+        return torch.stack(found)
+
+
+class FeatureCache:
+    """A least-recently-used map from an expression to its (T, Dt) text features, at most ``max_bytes``.
+
+    The key is the row as the encoder sees it: token ids and attention mask at the batch's padded
+    length T (the loader pads to the longest expression of the batch), the device and whether
+    autocast is on. The encoder's output for a row depends on T (a padded row differs from the same
+    expression unpadded in the last bits), not on the other rows of the batch, so a cached row is the
+    exact tensor an uncached step computes (bit-identical on the CPU, ``tests/test_text_cache.py``;
+    GPU matmul kernels may round a differently shaped batch differently). The trainer sizes it
+    (``train.text_feature_cache_mb``) only for a frozen encoder: trained layers change the features.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._items: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple):
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes or key in self._items:
+            return
+        self._items[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
