@@ -123,9 +123,9 @@ elif point.startswith("fsize:"):
         _fill_disk_at("state")
         return _save_state(self)
 
-    def _patched_save_checkpoint(self, name):
+    def _patched_save_checkpoint(self, name, *args, **kwargs):
         _fill_disk_at(name)
-        return _save_checkpoint(self, name)
+        return _save_checkpoint(self, name, *args, **kwargs)
 
     Trainer.save_state, Trainer.save_checkpoint = _patched_save_state, _patched_save_checkpoint
 elif point == "enospc":

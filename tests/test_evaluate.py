@@ -391,12 +391,14 @@ def test_cli_runs_and_writes_json(tmp_path, tokenizer, monkeypatch, capsys, fres
     out = tmp_path / "m.json"
     assert cli.main(["--checkpoint", str(ckpt), "--split", "val", "--out", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
-    assert {k: v for k, v in res.items() if k != "results"} == {
-        "checkpoint": str(ckpt), "dataset": "lr", "data_root": str(tmp_path / "data"), "split_by": "unc",
-        "splits": ["val"], "shuffle_text": False, "resized_gt": False, "max_samples": None}
-    assert list(res["results"]) == ["val"]
     val = res["results"]["val"]
     assert set(val) == {"P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "oIoU", "mIoU", "num_samples"}
+    assert {k: v for k, v in res.items() if k != "results" and k not in val} == {
+        "checkpoint": str(ckpt), "checkpoint_path": str(ckpt), "predictions": None, "dataset": "lr",
+        "data_root": str(tmp_path / "data"), "split_by": "unc", "splits": ["val"], "shuffle_text": False,
+        "resized_gt": False, "max_samples": None}
+    assert list(res["results"]) == ["val"]
+    assert {k: res[k] for k in val} == val  # one split: its numbers at the top level too
     assert val["mIoU"] == 100.0 and val["num_samples"] == 5
     printed = capsys.readouterr().out
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in printed.splitlines() if ln.startswith("|")]
@@ -409,8 +411,8 @@ def test_cli_runs_and_writes_json(tmp_path, tokenizer, monkeypatch, capsys, fres
 
     assert cli.main(["--checkpoint", str(ckpt), "--split", "all", "--out", str(out), "--no-progress",
                      "--gallery", str(tmp_path / "g")]) == 0
-    res = json.loads(out.read_text())  # the same shape as for one split
-    assert res["splits"] == ["val", "testA"] and set(res["results"]) == {"val", "testA"}
+    res = json.loads(out.read_text())  # the same shape as for one split (no split's numbers on top)
+    assert res["splits"] == ["val", "testA"] and set(res["results"]) == {"val", "testA"} and "mIoU" not in res
     assert res["results"]["testA"]["num_samples"] == 2 and res["results"]["val"]["mIoU"] == 100.0
     assert (tmp_path / "g" / "testA" / "index.json").is_file()
 

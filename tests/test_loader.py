@@ -41,7 +41,7 @@ def previous_item(ds, index: int) -> dict:
     else:
         sample, text = ds.samples[index], ds.text(index)
     image, mask = ds.source.load_image(sample), ds.source.load_mask(sample)
-    ids, attn = encode_text(ds.tokenizer, text, ds.max_tokens, ds.truncation)
+    ids, attn = encode_text(ds.processor.tokenizer, text, ds.processor.max_tokens, ds.processor.truncation)
     item = {"pixel_values": previous_preprocess(image, ds.image_size), "input_ids": ids[0], "attention_mask": attn[0],
             "labels": torch.from_numpy(resize_mask(mask, ds.image_size).astype(np.int64)), "index": index}
     if not ds.train:

@@ -58,10 +58,10 @@ class _Gated:
         self.inner, self.gate, self.started = predictor, threading.Event(), threading.Event()
         self.device, self.backend, self.checkpoint_path = predictor.device, predictor.backend, None
 
-    def margins_many(self, requests):
+    def forward_many(self, requests):
         self.started.set()
         self.gate.wait(30)
-        return self.inner.margins_many(requests)
+        return self.inner.forward_many(requests)
 
 
 def _client(predictor, max_body_bytes=2_000_000, **batcher_kw):

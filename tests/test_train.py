@@ -14,7 +14,7 @@ from conftest import tiny_train_args as _args
 def test_run_directory_layout(trained_run):
     base, out, r = trained_run
     for name in ["config.yaml", "metrics.jsonl", "summary.json", "state/trainer_state.json",
-                 "state/model.safetensors", "best/model.safetensors", "best/config.yaml", "best/tokenizer",
+                 "state/model.safetensors", "best/model.safetensors", "best/config.yaml", "best/processor_config.json", "best/README.md",
                  "last/model.safetensors", "logs"]:
         assert (out / name).exists(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -128,7 +128,7 @@ def test_bf16_training_step_on_any_cpu(fresh_accelerate_state):
     first_linear = next(m for m in trainer.unwrapped.modules() if isinstance(m, torch.nn.Linear))
     first_linear.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     g = torch.Generator().manual_seed(0)
-    batch = {"pixel_values": torch.randn(2, 3, 64, 64, generator=g),
+    batch = {"pixel_values": torch.randint(0, 256, (2, 3, 64, 64), generator=g, dtype=torch.uint8),
              "input_ids": torch.randint(1000, 2000, (2, 6), generator=g),
              "attention_mask": torch.ones(2, 6, dtype=torch.long),
              "labels": (torch.rand(2, 64, 64, generator=g) > 0.5).long()}
@@ -181,8 +181,8 @@ def test_demo_writes_overlay_at_image_size(trained_run, tmp_path):
     mask = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
     assert mask.shape == src.shape[:2] and set(np.unique(mask)) <= {0, 255}
     assert str(o) in r.stdout
-    notes = [line for line in r.stdout.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "trained on refshapes" in notes[0] and "LAVT" in notes[0]
+    # a refshapes image: the note that the checkpoint knows only synthetic shapes is not printed here
+    assert not [line for line in r.stdout.splitlines() if line.startswith("note:")], r.stdout
 
 
 def test_demo_uses_newest_run_by_default(trained_run, tmp_path):
