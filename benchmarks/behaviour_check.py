@@ -64,12 +64,13 @@ def _run(tree: Path, args: list[str], log: Path) -> None:
 
 
 def main(argv=None) -> int:
-    import argparse
 
     import numpy as np
     from safetensors.numpy import load_file
 
-    ap = argparse.ArgumentParser(prog="behaviour_check.py", description=__doc__.split("\n\n")[0])
+    from refseg.cli import ArgumentParser  # one-line usage errors, exit 2
+
+    ap = ArgumentParser(prog="behaviour_check.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", required=True, help="the commit to compare with (e.g. the one before a change)")
     ap.add_argument("--steps", type=int, default=40, help="training steps compared (default: 40)")
     ap.add_argument("--samples", type=int, default=100, help="refshapes val expressions predicted (default: 100)")
@@ -80,7 +81,11 @@ def main(argv=None) -> int:
     work = Path(args.work or work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
     other = work / "other"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(other), args.against], check=True)
+    r = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(other), args.against],
+                       capture_output=True, text=True)
+    if r.returncode:
+        print(f"behaviour_check.py: error: --against {args.against}: not a commit of this repository", file=sys.stderr)
+        return 2
     try:
         trees = {"this": REPO, "other": other}
         train = ["train.py", "--no-progress", f"data.root={args.data_root}", f"train.max_steps={args.steps + 1}",

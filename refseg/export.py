@@ -65,7 +65,7 @@ def export_onnx(model, processor, out: str | os.PathLike, batch: int = 2) -> Pat
 
 
 class OnnxRunner:
-    """An ONNX Runtime session called like the model: ``runner(**inputs).logits`` (a CPU tensor)."""
+    """The exported model in ONNX Runtime, called like the model: ``runner(**inputs).logits`` (a CPU tensor)."""
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None):
         ort = _need("onnxruntime")
@@ -73,7 +73,7 @@ class OnnxRunner:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.runtime = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     @classmethod
     def for_model(cls, model, processor, path=None) -> "OnnxRunner":
@@ -89,7 +89,7 @@ class OnnxRunner:
         feeds = {"pixel_values": pixel_values.detach().float().contiguous().cpu().numpy(),
                  "input_ids": input_ids.detach().cpu().long().numpy(),
                  "attention_mask": attention_mask.detach().cpu().long().numpy()}
-        (logits,) = self.session.run(["logits"], feeds)
+        (logits,) = self.runtime.run(["logits"], feeds)
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
