@@ -191,17 +191,11 @@ class SegMetrics:
         U = np.array([r[2] for r in recs], dtype=np.int64)
         iou = np.where(U > 0, I / np.maximum(U, 1), 0.0)
         out: dict[str, Any] = {}
-        for t in THRESHOLDS:
-            out[f"P@{t}"] = 100.0 * float(np.count_nonzero(iou >= t)) / len(iou)
+        out.update(_precisions(iou))
         out["oIoU"] = 100.0 * float(I.sum()) / float(U.sum()) if U.sum() > 0 else 0.0
         out["mIoU"] = 100.0 * float(iou.mean())
         out["num_samples"] = int(len(iou))
-        types = [r[3] for r in recs]
-        if any(t is not None for t in types):
-            per: dict[str, list[float]] = {}
-            for t, v in zip(types, iou):
-                per.setdefault("none" if t is None else str(t), []).append(float(v))
-            out["per_type"] = {t: 100.0 * float(np.mean(v)) for t, v in sorted(per.items())}
+        out.update(_per_type(recs, iou))
         return out
 
     def compute_gres(self) -> dict[str, Any]:
@@ -217,19 +211,29 @@ class SegMetrics:
         I, U, P, T = (np.array([r[k] for r in recs], dtype=np.int64) for k in (1, 2, 4, 5))
         out = gres_scores(I, U, P, T)
         iou = gres_ious(I, U, T)
-        for t in THRESHOLDS:
-            out[f"P@{t}"] = 100.0 * float(np.count_nonzero(iou >= t)) / len(iou)
+        out.update(_precisions(iou))
         out["oIoU"] = out["cIoU"] if out["cIoU"] is not None else 0.0
         out["mIoU"] = out["gIoU"]
         groups = {"0": T == 0, "1": T == 1, "2+": T >= 2}
         out["by_targets"] = {g: gres_scores(I[m], U[m], P[m], T[m]) for g, m in groups.items() if m.any()}
-        types = [r[3] for r in recs]
-        if any(t is not None for t in types):
-            per: dict[str, list[float]] = {}
-            for t, v in zip(types, iou):
-                per.setdefault("none" if t is None else str(t), []).append(float(v))
-            out["per_type"] = {t: 100.0 * float(np.mean(v)) for t, v in sorted(per.items())}
+        out.update(_per_type(recs, iou))
         return out
+
+
+def _precisions(iou: np.ndarray) -> dict[str, float]:
+    """P@t for every threshold: the share (percent) of samples whose IoU reaches t."""
+    return {f"P@{t}": 100.0 * float(np.count_nonzero(iou >= t)) / len(iou) for t in THRESHOLDS}
+
+
+def _per_type(recs, iou: np.ndarray) -> dict[str, Any]:
+    """{"per_type": {type: mean IoU in percent}} when samples carry an expression type, else {}."""
+    types = [r[3] for r in recs]
+    if not any(t is not None for t in types):
+        return {}
+    per: dict[str, list[float]] = {}
+    for t, v in zip(types, iou):
+        per.setdefault("none" if t is None else str(t), []).append(float(v))
+    return {"per_type": {t: 100.0 * float(np.mean(v)) for t, v in sorted(per.items())}}
 
 
 def format_table(results: Mapping[str, Any], title: str = "split") -> str:
