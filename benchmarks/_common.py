@@ -165,3 +165,41 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+class OtherCommit:
+    """``with OtherCommit(commit, folder) as tree:`` that commit of this repository, checked out (a git
+    worktree) at ``folder`` while the block runs, removed after. A commit that is not one exits 2."""
+
+    def __init__(self, commit: str, folder: Path, prog: str):
+        self.commit, self.folder, self.prog = commit, Path(folder), prog
+
+    def __enter__(self) -> Path:
+        import subprocess
+
+        r = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(self.folder),
+                            self.commit], capture_output=True, text=True)
+        if r.returncode:
+            print(f"{self.prog}: error: --against {self.commit}: not a commit of this repository", file=sys.stderr)
+            sys.exit(2)
+        return self.folder
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(self.folder)], check=False)
+
+
+def run_in_tree(tree: Path, args: list[str], log: Path, prog: str, threads: int | None = None) -> None:
+    """``python <args>`` with ``tree``'s refseg (its own folder, PYTHONPATH), output to ``log``; a failure
+    exits with one line naming the log."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, *args], cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        sys.exit(f"{prog}: error: {' '.join(map(str, args[:2]))} failed in {tree} (log: {log})")

@@ -18,13 +18,11 @@ Both runs use one data folder (``--data-root``, refshapes generated once). Print
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, OtherCommit, run_in_tree
 
 PREDICT = r"""
 import sys, numpy as np, torch
@@ -55,14 +53,6 @@ model.save_pretrained(out, run_config=cfg)
 """
 
 
-def _run(tree: Path, args: list[str], log: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as f:
-        r = subprocess.run([sys.executable, *args], cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode:
-        sys.exit(f"behaviour_check.py: error: {' '.join(args[:2])} failed in {tree} (log: {log})")
-
-
 def main(argv=None) -> int:
 
     import numpy as np
@@ -80,13 +70,10 @@ def main(argv=None) -> int:
     work_ctx = tempfile.TemporaryDirectory(prefix="behaviour-") if args.work is None else None
     work = Path(args.work or work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
-    other = work / "other"
-    r = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(other), args.against],
-                       capture_output=True, text=True)
-    if r.returncode:
-        print(f"behaviour_check.py: error: --against {args.against}: not a commit of this repository", file=sys.stderr)
-        return 2
-    try:
+    def _run(tree: Path, run_args: list[str], log: Path) -> None:
+        run_in_tree(tree, run_args, log, "behaviour_check.py", threads=1)
+
+    with OtherCommit(args.against, work / "other", "behaviour_check.py") as other:
         trees = {"this": REPO, "other": other}
         train = ["train.py", "--no-progress", f"data.root={args.data_root}", f"train.max_steps={args.steps + 1}",
                  f"train.stop_at_step={args.steps}", "train.cpu_threads=1"]
@@ -119,10 +106,8 @@ def main(argv=None) -> int:
         print(f"predictions on {len(p.files)} refshapes val expressions (image size): largest |Δlogit| {dmax:.3g}, "
               f"{changed} of {pixels} mask pixels differ ({100.0 * changed / max(1, pixels):.4f} %)")
         print(json.dumps(result))
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)], check=False)
-        if work_ctx is not None:
-            work_ctx.cleanup()
+    if work_ctx is not None:
+        work_ctx.cleanup()
     return 0
 
 

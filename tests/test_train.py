@@ -28,6 +28,11 @@ def test_run_directory_layout(trained_run):
         assert records[-1][key] == pytest.approx(want[key], abs=1e-9) and summary["val"][key] == records[-1][key], key
     state = json.loads((out / "state" / "trainer_state.json").read_text())
     assert state["step"] == 6
+    # the frozen text encoder's features were computed once for every training expression (and the
+    # resume test below holds with them)
+    samples = json.loads((base / "data" / "refshapes" / "refs(refshapes).json").read_text())
+    train_sentences = {s["sent"] for ref in samples if ref["split"] == "train" for s in ref["sentences"]}
+    assert 0 < summary["text_features"] <= len(train_sentences)
     # The final summary line names the metrics and the run directory.
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("done: 6 steps") and "mIoU" in last and str(out) in last

@@ -326,11 +326,10 @@ class TrainConfig:
                                               "among its processes)")
     stop_at_step: Optional[int] = option(None, "save state and exit at this step (continue with --resume)")
     text_feature_cache_mb: int = option(
-        0, "with a frozen text encoder (model.text.trainable_layers none, no train_embeddings): keep each "
-        "expression's text features, computed once, in a least-recently-used cache of at most this many MiB "
-        "on the training device (0: off, the default: a cached row computed in another batch can differ in "
-        "the last bits, so a resumed run would not repeat an uninterrupted one exactly; never used while "
-        "text layers train)")
+        256, "with a frozen text encoder (model.text.trainable_layers none, no train_embeddings): compute every "
+        "training expression's text features once, before the first step, and keep at most this many MiB of "
+        "them on the training device (expressions beyond it run the encoder with their batch; 0: off; never "
+        "used while text layers train)")
     resume: Literal["auto", "never"] = option(
         "auto", "auto: a worker restarted by torchrun's elastic agent (--max-restarts; TORCHELASTIC_RESTART_COUNT "
         "> 0) continues the run its own job wrote from its last complete state, with no --resume; a fresh "

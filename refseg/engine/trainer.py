@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data.dataset import worker_init
 from ..errors import SaveError, UserError, first_line
-from ..models.text import FeatureCache
+from ..models.text import TextFeatureTable
 from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores, read_directory
 from .rundir import TRAINER_STATE, RunDirectory, has_state, latest_run, on_main_process, resolve_run_dir  # noqa: F401
 from .badsamples import BAD_SAMPLES, SkipBadSamples, default_limit, read_records
@@ -279,6 +279,8 @@ class Trainer:
         self._setup_model()
         if self.resume:
             self.load_state()
+        if data:  # after load_state: a resumed run's text encoder gets its weights there
+            self._precompute_text_features()
 
     def _setup_data(self) -> None:
         from ..data import RefSegDataset, open_source
@@ -346,9 +348,25 @@ class Trainer:
             optimizer, poly_warmup_lambda(lambda: self.planned_steps, tc.warmup_steps, tc.poly_power))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
-        # a frozen text encoder computes each expression's features once (models/text.py FeatureCache)
-        self.unwrapped.text_encoder.cache = FeatureCache(tc.text_feature_cache_mb * 2**20)
         self.processor.pad_multiple = self.unwrapped.pad_multiple
+
+    def _precompute_text_features(self) -> None:
+        """A frozen text encoder: every training expression's features computed once, in the dataset's
+        order, under the steps' autocast (``TextFeatureTable``; ``train.text_feature_cache_mb``)."""
+        text, limit = self.unwrapped.text_encoder, self.config.train.text_feature_cache_mb * 2**20
+        text.features = TextFeatureTable(limit)
+        if not (text.frozen and limit):
+            return
+        t0 = time.time()
+        sentences = list(dict.fromkeys(s.sentence for s in self.train_dataset.samples))
+        ids, mask = self.processor.encode_text(sentences)
+        device = self.accelerator.device
+        with self.accelerator.autocast():
+            added = text.precompute(ids.to(device), mask.to(device), progress=self.progress and self.is_main)
+        self.time_text_features = time.time() - t0
+        if self.is_main and self.progress:
+            print(f"text features of {added}/{len(sentences)} training expressions computed once "
+                  f"({text.features.bytes / 2**20:.0f} MiB, {self.time_text_features:.1f} s)")
 
     @property
     def planned_steps(self) -> int:
@@ -677,7 +695,10 @@ class Trainer:
         summary = {
             "run": str(self.out), "steps": st.step, "val": res, f"best_{tc.best_metric}": st.best_metric,
             "best_step": st.best_step, "skipped_steps": st.skipped_steps,
-            "time_data_s": round(getattr(self, "time_data", 0.0), 1), "time_train_s": round(time_train, 1),
+            "time_data_s": round(getattr(self, "time_data", 0.0), 1),
+            "text_features": len(self.unwrapped.text_encoder.features),
+            "time_text_features_s": round(getattr(self, "time_text_features", 0.0), 1),
+            "time_train_s": round(time_train, 1),
             "time_eval_s": round(time_eval, 1), "time_total_s": round(time.time() - self._t_start, 1),
         }
         self._save_or_stop("summary.json",

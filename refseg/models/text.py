@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -74,7 +73,7 @@ class TextEncoder(nn.Module):
             raise RuntimeError(f"cannot load the text encoder '{name}': {str(e).splitlines()[0]}") from None
         self.hidden_size = self.model.config.hidden_size
         self.train_dropout = bool(train_dropout)
-        self.cache = FeatureCache(0)  # off until the trainer sizes it (train.text_feature_cache_mb)
+        self.features = TextFeatureTable(0)  # empty until the trainer fills it (train.text_feature_cache_mb)
         self.set_trainable(trainable_layers, train_embeddings)
 
     @staticmethod
@@ -134,73 +133,102 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, T, Dt) last hidden states.
 
-        While training with a frozen encoder and a sized ``cache``, each expression's features are
-        computed once and reused (see ``FeatureCache``); otherwise every call runs the encoder.
+        While training with a frozen encoder, rows found in ``features`` (filled by ``precompute``) are
+        read from it; the others run the encoder. Padding rows (mask 0) of a read row are zeros: the
+        fusion multiplies every padding word by its mask (``PWAM``), so they are never used.
         """
-        if self.frozen and self.training and self.cache.max_bytes > 0:
-            return self._cached(input_ids, attention_mask)
+        if self.frozen and self.training and len(self.features):
+            return self._with_table(input_ids, attention_mask)
+        return self._run(input_ids, attention_mask)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return out.last_hidden_state
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def _cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        T = input_ids.shape[1]
-        context = (T, str(input_ids.device), torch.is_autocast_enabled(input_ids.device.type))
-        rows = torch.cat([input_ids, attention_mask], dim=1).tolist()  # one copy to the host
-        keys = [(context, tuple(r)) for r in rows]
-        found = [self.cache.get(k) for k in keys]
+    def _with_table(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        B, T = input_ids.shape
+        keys = TextFeatureTable.keys(input_ids, attention_mask)
+        found = [self.features.get(k) for k in keys]
         miss = [i for i, f in enumerate(found) if f is None]
-        if miss:
+        if len(miss) == B:
+            return self._run(input_ids, attention_mask)
+        out = None
+        if miss:  # a pure function of this batch's rows: a resumed run computes the same
             sel = torch.tensor(miss, device=input_ids.device)
-            with torch.no_grad():
-                out = self.model(input_ids=input_ids.index_select(0, sel),
-                                 attention_mask=attention_mask.index_select(0, sel)).last_hidden_state
-            for j, i in enumerate(miss):
-                found[i] = out[j].clone()
-                self.cache.put(keys[i], found[i])
-        return torch.stack(found)
+            out = self._run(input_ids.index_select(0, sel), attention_mask.index_select(0, sel))
+        ref = next(f for f in found if f is not None)
+        words = torch.zeros(B, T, ref.shape[-1], dtype=ref.dtype if out is None else out.dtype, device=ref.device)
+        for i, f in enumerate(found):
+            if f is not None:
+                words[i, :f.shape[0]] = f
+        if out is not None:
+            words[miss] = out.to(words.dtype)
+        return words
+
+    @torch.no_grad()
+    def precompute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256,
+                   progress: bool = False) -> int:
+        """Fill ``features`` with the rows of (N, T) ids and mask, in order, ``batch_size`` rows at a time,
+        until ``features.max_bytes``; returns the rows added. Run it under the autocast the training
+        steps use: a row holds what the encoder gives in that precision."""
+        from tqdm.auto import tqdm
+
+        table, added = self.features, 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for s in tqdm(range(0, len(input_ids), batch_size), desc="text features", disable=not progress,
+                          leave=False):
+                ids, mask = input_ids[s:s + batch_size], attention_mask[s:s + batch_size]
+                T = max(1, int(mask.sum(1).max()))
+                hidden = self.model(input_ids=ids[:, :T], attention_mask=mask[:, :T]).last_hidden_state
+                for key, h in zip(TextFeatureTable.keys(ids, mask), hidden):
+                    if key not in table and not table.put(key, h[:len(key)]):
+                        return added
+                    added += 1
+        finally:
+            self.model.train(was_training)
+        return added
 
 
-class FeatureCache:
-    """A least-recently-used map from an expression to its (T, Dt) text features, at most ``max_bytes``.
+class TextFeatureTable:
+    """A frozen text encoder's output for each training expression, computed once before training.
 
-    The key is the row as the encoder sees it: token ids and attention mask at the batch's padded
-    length T (the loader pads to the longest expression of the batch), the device and whether
-    autocast is on. The encoder's output for a row depends on T (a padded row differs from the same
-    expression unpadded in the last bits), not on the other rows of the batch, so a cached row is the
-    exact tensor an uncached step computes (bit-identical on the CPU, ``tests/test_text_cache.py``;
-    GPU matmul kernels may round a differently shaped batch differently). The trainer sizes it
-    (``train.text_feature_cache_mb``) only for a frozen encoder: trained layers change the features.
+    Key: the expression's token ids up to its last real word (mask 1); value: its (L, Dt) last hidden
+    states. Filled only by ``TextEncoder.precompute`` (the trainer: every training expression, in the
+    dataset's order, at most ``max_bytes``), never during steps, so an interrupted and resumed run reads
+    exactly what an uninterrupted one reads (a row computed inside a different batch can differ in the
+    last bits). Rows that did not fit are computed with their batch as without the table.
     """
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int = 0):
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self.hits = self.misses = 0
-        self._items: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self._rows: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple]:
+        lengths = attention_mask.sum(1).tolist()
+        return [tuple(r[:n]) for r, n in zip(input_ids.tolist(), lengths)]
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._rows)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._rows
 
     def get(self, key: tuple):
-        value = self._items.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
-        return value
+        return self._rows.get(key)
 
-    def put(self, key: tuple, value: torch.Tensor) -> None:
+    def put(self, key: tuple, value: torch.Tensor) -> bool:
+        """Keep ``value`` (a copy) under ``key``; False when it does not fit in ``max_bytes``."""
         size = value.numel() * value.element_size()
-        if size > self.max_bytes or key in self._items:
-            return
-        self._items[key] = value
+        if self.bytes + size > self.max_bytes:
+            return False
+        self._rows[key] = value.clone()
         self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+        return True
 
     def clear(self) -> None:
-        self._items.clear()
+        self._rows.clear()
         self.bytes = 0
