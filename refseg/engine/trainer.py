@@ -351,6 +351,10 @@ class Trainer:
             optimizer, poly_warmup_lambda(lambda: self.planned_steps, tc.warmup_steps, tc.poly_power))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self._fsdp = acc.distributed_type == DistributedType.FSDP
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self._fsdp and self.is_main:
+            # accelerate enables FSDP only on GPU-like devices; on CPUs it keeps DDP without a word
+            print(f"note: FSDP was asked for, but accelerate runs FSDP on GPUs only: these "
+                  f"{acc.device.type} processes train with {acc.distributed_type.value} (full copies)")
         self.unwrapped = acc.unwrap_model(self.model)
         # a frozen text encoder computes each expression's features once (models/text.py FeatureCache)
         self.unwrapped.text_encoder.cache = FeatureCache(tc.text_feature_cache_mb * 2**20)
