@@ -57,7 +57,22 @@ def test_shipped_accelerate_configs_load():
     from accelerate.utils import DistributedType
 
     found = {p.stem: ClusterConfig.from_yaml_file(str(p)) for p in (REPO / "configs" / "accelerate").glob("*.yaml")}
-    assert set(found) == {"multi_gpu", "multi_node"}
-    assert all(c.distributed_type == DistributedType.MULTI_GPU for c in found.values())
+    assert set(found) == {"multi_gpu", "multi_node", "fsdp"}
+    assert found["multi_gpu"].distributed_type == found["multi_node"].distributed_type == DistributedType.MULTI_GPU
+    assert found["fsdp"].distributed_type == DistributedType.FSDP
+    fsdp = found["fsdp"].fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert found["multi_node"].num_machines == 2 and found["multi_node"].main_process_ip
     assert found["multi_gpu"].num_machines == 1
+
+
+def test_fsdp_config_wraps_classes_of_our_model(tiny_cfg):
+    """accelerate refuses a wrap class the model lacks: every class fsdp.yaml names is in an XCiT model."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    from refseg.models import build_model
+
+    fsdp = ClusterConfig.from_yaml_file(str(REPO / "configs" / "accelerate" / "fsdp.yaml")).fsdp_config
+    names = {type(m).__name__ for m in build_model(tiny_cfg.model, load_pretrained=False).modules()}
+    wanted = set(fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","))
+    assert wanted <= names, wanted - names

@@ -332,6 +332,8 @@ class Trainer:
         return RefSegProcessor.from_config(cfg.model)
 
     def _setup_model(self) -> None:
+        from accelerate.utils import DistributedType
+
         from ..models import RefSegModel, build_model
 
         cfg, tc, acc = self.config, self.config.train, self.accelerator
@@ -341,12 +343,20 @@ class Trainer:
             model = build_model(cfg.model, load_pretrained=not self.resume)
         if tc.sync_batchnorm and self.world > 1 and acc.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # fused: one kernel per step instead of a Python loop over ~500 tensors (6x faster on CPU)
+        # fused: one kernel per step instead of a Python loop over ~500 tensors (6x faster on CPU).
+        # FSDP (accelerate's plugin, configs/accelerate/fsdp.yaml): accelerate wants the optimizer made on
+        # the unsharded model and prepared with it in one call (FSDP2 swaps its parameters for the DTensor
+        # shards); the fused AdamW takes those DTensors (gloo/CPU and CUDA, tests/test_fsdp.py).
         groups = parameter_groups(model, tc.lr, tc.weight_decay, tc.text_lr, rule=tc.weight_decay_rule)
         optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, poly_warmup_lambda(lambda: self.planned_steps, tc.warmup_steps, tc.poly_power))
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self._fsdp = acc.distributed_type == DistributedType.FSDP
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self._fsdp and self.is_main:
+            # accelerate enables FSDP only on GPU-like devices; on CPUs it keeps DDP without a word
+            print(f"note: FSDP was asked for, but accelerate runs FSDP on GPUs only: these "
+                  f"{acc.device.type} processes train with {acc.distributed_type.value} (full copies)")
         self.unwrapped = acc.unwrap_model(self.model)
         self.processor.pad_multiple = self.unwrapped.pad_multiple
 
@@ -403,7 +413,28 @@ class Trainer:
                 acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients and self._fsdp and self.world > 1:
+                self._broadcast_buffers()
         return float(loss.detach())
+
+    def _broadcast_buffers(self) -> None:
+        """FSDP: every process takes the main process's buffers (BatchNorm running statistics).
+
+        FSDP shards parameters only; each process's buffers follow its own batches, where DDP copies the
+        main process's before every forward. Without this the processes drift apart, the saved
+        weights are the main process's but state/ (torch.distributed.checkpoint writes a replicated
+        tensor once, from any process) may hold another's, and a resumed run differed from the
+        uninterrupted one by 0.04 in the running means (tests/test_fsdp.py). Copying after each
+        optimizer step keeps the main process's buffers exactly as under DDP."""
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        buffers = [b for b in self.model.buffers() if b.numel()]
+        for dtype in sorted({b.dtype for b in buffers}, key=str):  # one broadcast per dtype, same order everywhere
+            group = [b for b in buffers if b.dtype == dtype]
+            flat = _flatten_dense_tensors(group)
+            torch.distributed.broadcast(flat, src=0)
+            for b, v in zip(group, _unflatten_dense_tensors(flat, group)):
+                b.copy_(v)
 
     # -- evaluation and saving ------------------------------------------------------------------
     def evaluate(self, final: bool = False) -> dict:
@@ -426,20 +457,32 @@ class Trainer:
             note = (f"Final evaluation on the whole `{self.config.data.val_split}` split at step {st.step}" if final
                     else f"Evaluation that chose this checkpoint: {res.get('num_samples', '?')} expressions of "
                          f"`{self.config.data.val_split}` at step {st.step}")
-            self._save_or_stop("best", lambda: self.save_checkpoint("best", res, note))
+            weights = self._full_state_dict()
+            self._save_or_stop("best", lambda: self.save_checkpoint("best", res, note, weights))
         return res
 
     def _append_record(self, rec: dict) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def save_checkpoint(self, name: str, scores: Optional[dict] = None, scores_note: str = "") -> Path:
-        """``<run>/<name>/``: a self-contained checkpoint directory with its model card (main process only)."""
+    def save_checkpoint(self, name: str, scores: Optional[dict] = None, scores_note: str = "",
+                        weights: Optional[dict] = None) -> Path:
+        """``<run>/<name>/``: a self-contained checkpoint directory with its model card (main process only).
+
+        ``weights``: the full state dict from ``_full_state_dict()`` (needed under FSDP, where this
+        process holds only its shards)."""
         from ..modelcard import model_card
 
         card = model_card(self.config, scores, scores_note, command=self.command)
         return self.unwrapped.save_pretrained(self.out / name, run_config=self.config, processor=self.processor,
-                                              model_card=card)
+                                              model_card=card, state_dict=weights)
+
+    def _full_state_dict(self) -> Optional[dict]:
+        """Under FSDP: the whole model's weights gathered on the main process (CPU tensors; every process
+        must call this, it is a collective); otherwise None (the model saves its own state dict)."""
+        if not getattr(self, "_fsdp", False):
+            return None
+        return self.accelerator.get_state_dict(self.model)
 
     def save_state(self) -> None:
         """Write ``state/`` atomically (every process its own RNG file, then one swap by the main process).
@@ -688,9 +731,11 @@ class Trainer:
         t0 = time.time()
         res = self.evaluate(final=True)
         final_note = f"Final evaluation on the whole `{self.config.data.val_split}` split at step {st.step}"
-        self._save_or_stop("last", lambda: self.save_checkpoint("last", res, final_note))
+        weights = self._full_state_dict()
+        self._save_or_stop("last", lambda: self.save_checkpoint("last", res, final_note, weights))
         # (main process; a resumed run whose best/ went missing gets the final weights)
-        self._save_or_stop("best", lambda: (self.out / "best").exists() or self.save_checkpoint("best", res, final_note))
+        self._save_or_stop("best", lambda: (self.out / "best").exists()
+                           or self.save_checkpoint("best", res, final_note, weights))
         time_eval = time.time() - t0
         summary = {
             "run": str(self.out), "steps": st.step, "val": res, f"best_{tc.best_metric}": st.best_metric,

@@ -247,7 +247,8 @@ class RefSegModel(nn.Module):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike, run_config: Optional[RunConfig] = None,
-                        processor=None, model_card: Optional[str] = None) -> Path:
+                        processor=None, model_card: Optional[str] = None,
+                        state_dict: Optional[dict] = None) -> Path:
         """Write a self-contained checkpoint directory (config.yaml, model.safetensors, text/, the
         processor, README.md).
 
@@ -255,6 +256,8 @@ class RefSegModel(nn.Module):
         model's config); default: this model's config with default data/train/eval sections.
         ``processor``: the ``RefSegProcessor`` to save (default: this config's, with the text encoder's
         tokenizer). ``model_card``: the README.md text (default: ``refseg.modelcard.model_card``).
+        ``state_dict``: the weights to write (default: this model's; a sharded (FSDP) model passes the
+        full state dict its processes gathered).
         Everything is written to a temporary sibling directory first and renamed into place, so a
         crash never leaves a half-written checkpoint at ``path``. Returns the path.
         """
@@ -273,7 +276,7 @@ class RefSegModel(nn.Module):
         with atomic_directory(path) as tmp:
             run_config.save(tmp / CONFIG_FILE)
             # clone: safetensors refuses tensors that share storage; contiguous CPU copies always save
-            state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
+            state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in (self.state_dict() if state_dict is None else state_dict).items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": "refseg"})
             self.text_encoder.model.config.save_pretrained(str(tmp / TEXT_DIR))
             processor.save_pretrained(tmp)
