@@ -365,7 +365,9 @@ class Trainer:
         order, under the steps' autocast (``TextFeatureTable``; ``train.text_feature_cache_mb``)."""
         text, limit = self.unwrapped.text_encoder, self.config.train.text_feature_cache_mb * 2**20
         text.features = TextFeatureTable(limit)
-        if not (text.frozen and limit):
+        # not under FSDP: the encoder's layers are sharded and gathered by collectives that every
+        # process must enter in every step, whatever its batch's expressions
+        if not (text.frozen and limit) or self._fsdp:
             return
         t0 = time.time()
         sentences = list(dict.fromkeys(s.sentence for s in self.train_dataset.samples))
