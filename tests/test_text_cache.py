@@ -101,8 +101,11 @@ def test_table_is_bounded():
     ids, mask = trainer.processor.encode_text(TEXTS)
     lengths = mask.sum(1).tolist()
     row = lambda n: n * text.hidden_size * 4  # noqa: E731 - bytes of an (n, Dt) float32 row
-    text.features = TextFeatureTable(row(lengths[0]) + row(lengths[1]))  # room for the first two
+    short = sorted(range(len(TEXTS)), key=lambda i: lengths[i])  # precompute goes shortest first
+    room = row(lengths[short[0]]) + row(lengths[short[1]])
+    text.features = TextFeatureTable(room)  # room for the two shortest
     assert text.precompute(ids, mask, batch_size=2) == 2
-    assert len(text.features) == 2 and text.features.bytes == row(lengths[0]) + row(lengths[1])
+    assert len(text.features) == 2 and text.features.bytes == room
     keys = TextFeatureTable.keys(ids, mask)
-    assert keys[0] in text.features and keys[2] not in text.features
+    assert keys[short[0]] in text.features and keys[short[1]] in text.features
+    assert keys[short[-1]] not in text.features

@@ -361,8 +361,8 @@ class Trainer:
         self.processor.pad_multiple = self.unwrapped.pad_multiple
 
     def _precompute_text_features(self) -> None:
-        """A frozen text encoder: every training expression's features computed once, in the dataset's
-        order, under the steps' autocast (``TextFeatureTable``; ``train.text_feature_cache_mb``)."""
+        """A frozen text encoder: every training expression's features computed once, in a fixed order,
+        under the steps' autocast (``TextFeatureTable``; ``train.text_feature_cache_mb``)."""
         text, limit = self.unwrapped.text_encoder, self.config.train.text_feature_cache_mb * 2**20
         text.features = TextFeatureTable(limit)
         # not under FSDP: the encoder's layers are sharded and gathered by collectives that every

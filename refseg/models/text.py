@@ -168,12 +168,15 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def precompute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256,
                    progress: bool = False) -> int:
-        """Fill ``features`` with the rows of (N, T) ids and mask, in order, ``batch_size`` rows at a time,
-        until ``features.max_bytes``; returns the rows added. Run it under the autocast the training
+        """Fill ``features`` with the rows of (N, T) ids and mask, shortest first, ``batch_size`` rows at a
+        time, until ``features.max_bytes``; returns the rows added. Run it under the autocast the training
         steps use: a row holds what the encoder gives in that precision."""
         from tqdm.auto import tqdm
 
         table, added = self.features, 0
+        # shortest first (a stable sort: a fixed order), so that each batch pads little
+        order = torch.sort(attention_mask.sum(1).cpu(), stable=True).indices.to(input_ids.device)
+        input_ids, attention_mask = input_ids[order], attention_mask[order]
         was_training = self.model.training
         self.model.eval()
         try:
@@ -195,9 +198,9 @@ class TextFeatureTable:
     """A frozen text encoder's output for each training expression, computed once before training.
 
     Key: the expression's token ids up to its last real word (mask 1); value: its (L, Dt) last hidden
-    states. Filled only by ``TextEncoder.precompute`` (the trainer: every training expression, in the
-    dataset's order, at most ``max_bytes``), never during steps, so an interrupted and resumed run reads
-    exactly what an uninterrupted one reads (a row computed inside a different batch can differ in the
+    states. Filled only by ``TextEncoder.precompute`` (the trainer: every training expression, shortest
+    first, at most ``max_bytes``), never during steps, so an interrupted and resumed run reads exactly
+    what an uninterrupted one reads (a row computed inside a different batch can differ in the
     last bits). Rows that did not fit are computed with their batch as without the table.
     """
 
