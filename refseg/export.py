@@ -33,15 +33,17 @@ def _need(module: str):
         raise UserError(f"the ONNX export needs {module}: pip install -e \".[onnx]\"") from None
 
 
-class _LogitsOnly(torch.nn.Module):
-    """The model with positional inputs and one tensor out (what an exporter traces)."""
+class _Outputs(torch.nn.Module):
+    """The model with positional inputs and tensors out (what an exporter traces): the logits, and the
+    no-target logit when the model has that head."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, pixel_values, input_ids, attention_mask):
-        return self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
+        out = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        return out.logits if out.no_target_logits is None else (out.logits, out.no_target_logits)
 
 
 def export_onnx(model, processor, out: str | os.PathLike, batch: int = 2) -> Path:
@@ -56,16 +58,17 @@ def export_onnx(model, processor, out: str | os.PathLike, batch: int = 2) -> Pat
     ids = torch.randint(1000, 2000, (batch, T), generator=g)
     mask = torch.ones(batch, T, dtype=torch.long)
     mask[:, T // 2:] = 0
-    dims = {name: {0: "batch"} for name in _INPUTS}
+    outputs = ["logits"] + (["no_target_logits"] if model.no_target_head is not None else [])
+    dims = {name: {0: "batch"} for name in (*_INPUTS, *outputs)}
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(_LogitsOnly(model), (pixels, ids, mask), str(out), input_names=list(_INPUTS),
-                          output_names=["logits"], dynamic_axes={**dims, "logits": {0: "batch"}},
-                          opset_version=ONNX_OPSET, dynamo=False)
+        torch.onnx.export(_Outputs(model), (pixels, ids, mask), str(out), input_names=list(_INPUTS),
+                          output_names=outputs, dynamic_axes=dims, opset_version=ONNX_OPSET, dynamo=False)
     return out
 
 
 class OnnxRunner:
-    """The exported model in ONNX Runtime, called like the model: ``runner(**inputs).logits`` (a CPU tensor)."""
+    """The exported model in ONNX Runtime, called like the model: ``runner(**inputs)`` has ``logits`` and
+    ``no_target_logits`` (CPU tensors; None for a model without the no-target head)."""
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None):
         ort = _need("onnxruntime")
@@ -89,8 +92,11 @@ class OnnxRunner:
         feeds = {"pixel_values": pixel_values.detach().float().contiguous().cpu().numpy(),
                  "input_ids": input_ids.detach().cpu().long().numpy(),
                  "attention_mask": attention_mask.detach().cpu().long().numpy()}
-        (logits,) = self.runtime.run(["logits"], feeds)
-        return SimpleNamespace(logits=torch.from_numpy(logits))
+        names = [o.name for o in self.runtime.get_outputs()]
+        out = dict(zip(names, self.runtime.run(names, feeds)))
+        no_target = out.get("no_target_logits")
+        return SimpleNamespace(logits=torch.from_numpy(out["logits"]),
+                               no_target_logits=None if no_target is None else torch.from_numpy(no_target))
 
 
 def main(argv=None) -> int:

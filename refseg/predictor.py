@@ -16,8 +16,10 @@ to the image's size).
 ``backend`` chooses how the forward runs (``BACKENDS``): ``fp32`` eager; ``bf16`` (CPU or CUDA) and
 ``fp16`` (CUDA) autocast; ``channels_last`` memory format; ``compile`` (``torch.compile``, its first
 calls at each batch size compile); ``int8`` (dynamic int8 quantisation of the Linear layers, CPU);
-``onnx`` (ONNX Runtime on an export, ``python -m refseg.export onnx``). ``auto``: bf16 on CUDA, fp32 on
-the CPU. ``benchmarks/inference_backends.py`` measures their speed and agreement with fp32.
+``onnx`` (ONNX Runtime on an export, ``python -m refseg.export onnx``). ``auto``: bf16 on CUDA,
+channels_last on the CPU: the fastest CPU backend whose masks agree with fp32 (mean IoU 1.0000) that
+needs no warm-up (``compile`` was faster per call but its first call compiles for about a minute;
+bf16 and int8 changed the masks: RESULTS.md). ``benchmarks/inference_backends.py`` measures them.
 """
 from __future__ import annotations
 
@@ -37,12 +39,12 @@ BACKENDS = ("auto", "fp32", "bf16", "fp16", "channels_last", "compile", "int8", 
 
 
 def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA, fp32 elsewhere; ValueError for an unknown name or one the device lacks."""
+    """``auto`` -> bf16 on CUDA, channels_last elsewhere; ValueError for an unknown name or one the device lacks."""
     backend = (backend or "auto").lower()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" else "channels_last"
     if backend == "fp16" and device.type != "cuda":
         raise ValueError("backend fp16 needs a CUDA device (on the CPU use bf16)")
     if backend in ("int8", "onnx") and device.type != "cpu":

@@ -58,10 +58,10 @@ def test_backend_agrees_with_fp32(tiny, image, reference, backend, tol):
     assert torch.equal((got > 0)[sure], (reference > 0)[sure])
 
 
-def test_auto_is_fp32_on_the_cpu_and_unknown_backends_are_refused():
+def test_auto_is_channels_last_on_the_cpu_and_unknown_backends_are_refused():
     from refseg.predictor import resolve_backend
 
-    assert resolve_backend("auto", torch.device("cpu")) == "fp32"
+    assert resolve_backend("auto", torch.device("cpu")) == "channels_last"
     assert resolve_backend(None, torch.device("cuda")) == "bf16"
     with pytest.raises(ValueError, match="unknown backend"):
         resolve_backend("tensorrt", torch.device("cpu"))
@@ -99,6 +99,32 @@ def test_onnx_export_matches_pytorch_logits(tiny, image, reference, tmp_path):
     with torch.inference_mode():
         want = model.eval()(**batch).logits
     assert float((OnnxRunner(tmp_path / "m.onnx")(**batch).logits - want).abs().max()) < 1e-4
+
+
+@pytest.mark.skipif(not _ONNX, reason="onnx/onnxruntime not installed: pip install -e \".[onnx]\"")
+def test_onnx_export_carries_the_no_target_logit(image, tmp_path):
+    """A model with the no-target head: the export has its logit as a second output, and the Predictor's
+    onnx backend empties the mask exactly where the PyTorch one does."""
+    from refseg.config import load_config
+    from refseg.export import OnnxRunner, export_onnx
+    from refseg.models import build_model
+    from refseg.predictor import Predictor
+    from refseg.processing import RefSegProcessor
+
+    torch.manual_seed(0)
+    model = build_model(load_config(overrides=[*TINY_OVERRIDES, "model.no_target.enabled=true"])).eval()
+    processor = RefSegProcessor.from_config(model.config)
+    path = export_onnx(copy.deepcopy(model), processor, tmp_path / "m.onnx")
+    batch = processor.to_device(processor(images=image, text=TEXTS), "cpu")
+    with torch.inference_mode():
+        want = model(**batch).no_target_logits
+    got = OnnxRunner(path)(**batch).no_target_logits
+    assert got is not None and got.shape == want.shape
+    assert float((got - want).abs().max()) < 1e-4
+    eager = Predictor(copy.deepcopy(model), processor, device="cpu", backend="fp32")
+    onnx = Predictor(copy.deepcopy(model), processor, device="cpu", backend="onnx", onnx_path=path)
+    for text in TEXTS:
+        assert onnx.no_target_proba(image, text) == pytest.approx(eager.no_target_proba(image, text), abs=1e-4)
 
 
 def test_export_without_onnx_is_one_line(tmp_path, monkeypatch):
