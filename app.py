@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     except ValueError as e:  # a backend the device cannot run
         raise UserError(f"--backend {args.backend}: {e}") from None
     batcher = serve.Batcher(predictor, window_ms=args.batch_window_ms, max_batch=args.max_batch,
-                            max_queue=args.max_queue, timeout=args.request_timeout)
+                            max_queue=args.max_queue, timeout=args.request_timeout,
+                            start=False)  # its loop runs in this, the main, thread (serve.Batcher.run)
     segmenter = app.Segmenter(predictor, max_megapixels=args.max_megapixels or app.MAX_MEGAPIXELS, batcher=batcher)
     router = serve.api_router(segmenter, batcher, max_body_bytes=int(args.max_body_mb * 1e6), model_name=str(ckpt))
     examples = app.dataset_examples(predictor.run_config)
@@ -104,7 +105,11 @@ def main(argv=None) -> int:
     # Gradio serves files only from its cache and these: the example images themselves, one by one
     # (never the folders they are in).
     allowed = {str(Path(p).resolve()) for p, _ in examples} | set(photos)
-    app.launch(demo, args.host, args.port, allowed_paths=sorted(allowed), app_kwargs=serve.app_kwargs(router))
+    try:
+        app.launch(demo, args.host, args.port, allowed_paths=sorted(allowed), app_kwargs=serve.app_kwargs(router),
+                   main_loop=batcher.run)
+    finally:
+        batcher.close()
     return 0
 
 

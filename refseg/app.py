@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -467,12 +467,14 @@ def _stop_like_ctrl_c(signum, frame):
     raise KeyboardInterrupt
 
 
-def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = (), app_kwargs: Optional[dict] = None) -> None:
+def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = (), app_kwargs: Optional[dict] = None,
+           main_loop: Optional[Callable[[], None]] = None) -> None:
     """Serve ``demo`` until interrupted (Ctrl-C or SIGTERM: the same clean shutdown, temporary files
     removed); UserError (one line) if the address cannot be used. ``allowed_paths``: the only files
     outside Gradio's cache it may serve (the example photos, listed one by one). ``app_kwargs``: more
     for Gradio's FastAPI app (``refseg.serve.app_kwargs``: the HTTP API's routes); ``RequestGuard``
-    always wraps the whole app, API included."""
+    always wraps the whole app, API included. ``main_loop``: run in this (the main) thread while the
+    server runs in its own (``Batcher.run``: the model's forward in the main thread); None: wait."""
     gr = offline_gradio()
     from starlette.middleware import Middleware
 
@@ -489,7 +491,16 @@ def launch(demo, host: str, port: int, allowed_paths: Sequence[str] = (), app_kw
                                                              *(app_kwargs or {}).get("middleware", [])]})
         shown = f"[{host}]" if ":" in host else host
         print(f"serving on http://{shown}:{port}/ (Ctrl-C stops it)", flush=True)
-        demo.block_thread()  # returns on Ctrl-C or SIGTERM, after closing the server
+        if main_loop is None:
+            demo.block_thread()  # returns on Ctrl-C or SIGTERM, after closing the server
+        else:
+            try:
+                main_loop()  # Ctrl-C or SIGTERM raise KeyboardInterrupt in it
+            except KeyboardInterrupt:
+                print("stopping: closing the server")
+            finally:
+                if demo.server:
+                    demo.server.close()
     except OSError as e:
         raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another --port") from None
     finally:

@@ -4,8 +4,8 @@
     curl -F image=@photo.jpg -F $'text=the dog\\nthe ball' -F format=json http://127.0.0.1:7860/api/segment
 
 ``Batcher``: one worker thread owns the model. Requests wait in a bounded queue; the worker takes the
-first, waits up to ``window_ms`` for more (and takes whatever queued while the last forward ran), up to
-``max_batch`` expressions, and runs them in ONE forward (``Predictor.margins_many``: each request's
+first and whatever queued while the last forward ran, and, under load (more waiting, or the last
+forward served several), waits up to ``window_ms`` for more, up to ``max_batch`` expressions, and runs them in ONE forward (``Predictor.margins_many``: each request's
 image resized to the processor's uint8 planes, all stacked; each request's logits brought back to its
 own image). A full queue refuses at once (``ServerBusy``); a request waiting longer than its timeout
 is dropped from the queue.
@@ -94,7 +94,7 @@ class Batcher:
     """
 
     def __init__(self, predictor, window_ms: float = BATCH_WINDOW_MS, max_batch: int = MAX_BATCH,
-                 max_queue: int = MAX_QUEUE, timeout: float = REQUEST_TIMEOUT):
+                 max_queue: int = MAX_QUEUE, timeout: float = REQUEST_TIMEOUT, start: bool = True):
         if window_ms < 0 or max_batch < 1 or max_queue < 1 or timeout <= 0:
             raise ValueError("window_ms >= 0, max_batch >= 1, max_queue >= 1 and timeout > 0 are required")
         self.predictor = predictor
@@ -107,9 +107,23 @@ class Batcher:
         self._closed = False
         self._forward_s = 0.1  # running estimate of one forward, for Retry-After
         self.batches = 0  # forwards run
+        self._last_jobs = 0  # requests in the last forward
         self.requests = 0  # requests answered
-        self._worker = threading.Thread(target=self._loop, name="refseg-batcher", daemon=True)
-        self._worker.start()
+        self._worker = None
+        if start:
+            self._worker = threading.Thread(target=self._loop, name="refseg-batcher", daemon=True)
+            self._worker.start()
+
+    def run(self) -> None:
+        """Serve in the calling thread until ``close()`` (a Batcher made with ``start=False``).
+
+        app.py runs it in the main thread, the web server in another: the model's OpenMP threads then
+        belong to the one thread that ever runs torch. A second thread running the model beside a main
+        thread that has run torch ops makes two OpenMP teams on the same cores, and libgomp then
+        barely spins between parallel regions: every operator waits on a futex wake-up, and the default
+        model's forward took 51-60 ms in a worker thread against 26-31 ms in the main thread
+        (2-core EPYC VM)."""
+        self._loop()
 
     # -- clients -----------------------------------------------------------------------------------
     @property
@@ -164,7 +178,8 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._worker.join(timeout=30)
+        if self._worker is not None:
+            self._worker.join(timeout=30)
 
     # -- the worker --------------------------------------------------------------------------------
     def _take(self) -> list[_Job]:
@@ -176,7 +191,12 @@ class Batcher:
                 return []
             batch = [self._queue.popleft()]
             rows = len(batch[0].expressions)
-            deadline = time.monotonic() + self.window
+            # The window is waited only under load: when more requests are already waiting, or the last
+            # forward served several. A lone request (one client at a time) goes at once, where the
+            # window would only add to its latency; under load the requests that queued while the last
+            # forward ran, and those arriving within the window, share the next one.
+            busy = bool(self._queue) or self._last_jobs > 1
+            deadline = time.monotonic() + (self.window if busy else 0.0)
             while rows < self.max_batch:
                 while not self._queue and not self._closed:
                     left = deadline - time.monotonic()
@@ -201,7 +221,11 @@ class Batcher:
             t0 = time.perf_counter()
             try:
                 answers = self.predictor.forward_many([(j.image, j.expressions) for j in jobs])
-            except BaseException as e:  # noqa: BLE001 - handed to each waiting request, the worker lives on
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM while serving in the main thread (run)
+                for j in jobs:
+                    j.future.set_exception(ServerBusy("the server is shutting down", retry_after=5))
+                raise
+            except Exception as e:  # noqa: BLE001 - handed to each waiting request, the worker lives on
                 for j in jobs:
                     j.future.set_exception(e)
                 continue
@@ -209,6 +233,7 @@ class Batcher:
             self._forward_s = 0.8 * self._forward_s + 0.2 * seconds
             self.batches += 1
             self.requests += len(jobs)
+            self._last_jobs = len(jobs)
             threshold = getattr(self.predictor, "no_target_threshold", 0.5)
             for j, (m, p) in zip(jobs, answers):
                 j.future.set_result(Result(m.numpy(), 1000.0 * seconds, len(jobs), p, threshold))

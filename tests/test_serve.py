@@ -251,7 +251,7 @@ def test_health_and_openapi(api):
     assert h.status_code == 200
     body = h.json()
     assert body["model"] == "tiny" and body["device"] == "cpu" and body["queue_depth"] == 0
-    assert body["backend"] == "fp32"
+    assert body["backend"] == "channels_last"  # the CPU default
     spec = api.get("/openapi.json").json()
     assert "/api/segment" in spec["paths"] and "/api/health" in spec["paths"]
     assert "multipart/form-data" in spec["paths"]["/api/segment"]["post"]["requestBody"]["content"]
