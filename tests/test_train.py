@@ -40,6 +40,20 @@ def test_run_directory_layout(trained_run):
     assert (base / "data" / "refshapes" / "refs(refshapes).json").is_file()
 
 
+def test_a_bf16_run_scores_in_the_evaluation_precision(trained_run, tmp_path):
+    """A bf16 run's final evaluation is scored in fp32 (eval.mixed_precision auto on a CPU), not under the
+    bf16 autocast accelerate wraps the training forward in: its numbers are the Predictor's masks."""
+    base, _, _ = trained_run
+    out = tmp_path / "bf16"
+    r = run_script(["train.py", "--no-progress", "--output-dir", out,
+                    *_args(base / "data", "train.max_steps=2", "train.eval_every=100", "train.mixed_precision=bf16")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    want = score_independently(out / "last", base / "data" / "refshapes", "val")
+    for key in ["oIoU", "mIoU", "P@0.5", "num_samples"]:
+        assert final[key] == pytest.approx(want[key], abs=1e-9), key
+
+
 def test_resume_gives_the_same_weights(trained_run, tmp_path):
     """Stop after 4 steps, resume to 6: the weights equal the uninterrupted 6-step run exactly (CPU)."""
     base, full, _ = trained_run
