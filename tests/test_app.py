@@ -49,13 +49,17 @@ def checkpoint(tmp_path_factory):
     from refseg.processing import RefSegProcessor
 
     torch.manual_seed(0)
-    model = build_model(load_config(overrides=list(TINY_OVERRIDES)))
+    base = tmp_path_factory.mktemp("app")
+    # data.root: an empty folder, so that the page's dataset examples do not depend on whether the
+    # repository's data/ holds a generated refshapes (a default run launched from it writes one)
+    cfg = load_config(overrides=[*TINY_OVERRIDES, f"data.root={base / 'no-data'}"])
+    model = build_model(cfg.model)
     pred = Predictor(model, RefSegProcessor.from_config(model.config), device="cpu")
     margin = pred.predict_logits(_scene(), "the red disc")
     with torch.no_grad():
         model.decoder.classifier.bias[1] -= float((margin[1] - margin[0]).median())
-    path = tmp_path_factory.mktemp("app") / "ckpt"
-    model.save_pretrained(path)
+    path = base / "ckpt"
+    model.save_pretrained(path, run_config=cfg)
     return path
 
 
