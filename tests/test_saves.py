@@ -189,7 +189,7 @@ def _stamp(model, processor, version: int) -> None:
 
 def _versions(model, processor) -> dict:
     """{file: the versions a loaded (model, processor) got from it}."""
-    return {"model.safetensors": {p.detach().view(-1)[0].item() for p in model.parameters()},
+    return {"model.safetensors": {p.detach().reshape(-1)[0].item() for p in model.parameters()},
             "config.yaml": {model.config.text.max_tokens - 100},
             "text/config.json": {getattr(model.text_encoder.model.config, "refseg_version", None)},
             "processor_config.json": {processor.max_tokens - 200},
