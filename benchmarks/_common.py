@@ -203,3 +203,25 @@ def run_in_tree(tree: Path, args: list[str], log: Path, prog: str, threads: int 
         r = subprocess.run([sys.executable, *args], cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT)
     if r.returncode:
         sys.exit(f"{prog}: error: {' '.join(map(str, args[:2]))} failed in {tree} (log: {log})")
+
+
+def comparison_parser(prog: str, description: str, steps: int, steps_help: str):
+    """The arguments of a comparison with another commit: --against, --steps, --data-root, --work."""
+    from refseg.cli import ArgumentParser  # one-line usage errors, exit 2
+
+    ap = ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--against", required=True, help="the commit to compare with (e.g. the one before a change)")
+    ap.add_argument("--steps", type=int, default=steps, help=f"{steps_help} (default: {steps})")
+    ap.add_argument("--data-root", default=str(REPO / "data"), help="where refshapes is (written once)")
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
+    return ap
+
+
+def work_folder(work: str | None, prefix: str):
+    """(folder, temporary-directory object or None): ``work``, or a new temporary folder."""
+    import tempfile
+
+    ctx = tempfile.TemporaryDirectory(prefix=prefix) if work is None else None
+    folder = Path(work or ctx.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, ctx

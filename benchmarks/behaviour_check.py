@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import REPO, OtherCommit, run_in_tree
+from _common import REPO, OtherCommit, comparison_parser, run_in_tree, work_folder
 
 PREDICT = r"""
 import sys, numpy as np, torch
@@ -58,18 +57,11 @@ def main(argv=None) -> int:
     import numpy as np
     from safetensors.numpy import load_file
 
-    from refseg.cli import ArgumentParser  # one-line usage errors, exit 2
-
-    ap = ArgumentParser(prog="behaviour_check.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--against", required=True, help="the commit to compare with (e.g. the one before a change)")
-    ap.add_argument("--steps", type=int, default=40, help="training steps compared (default: 40)")
+    ap = comparison_parser("behaviour_check.py", __doc__.split("\n\n")[0], 40, "training steps compared")
     ap.add_argument("--samples", type=int, default=100, help="refshapes val expressions predicted (default: 100)")
-    ap.add_argument("--data-root", default=str(REPO / "data"), help="where refshapes is (written once)")
-    ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
     args = ap.parse_args(argv)
-    work_ctx = tempfile.TemporaryDirectory(prefix="behaviour-") if args.work is None else None
-    work = Path(args.work or work_ctx.name)
-    work.mkdir(parents=True, exist_ok=True)
+    work, work_ctx = work_folder(args.work, "behaviour-")
+
     def _run(tree: Path, run_args: list[str], log: Path) -> None:
         run_in_tree(tree, run_args, log, "behaviour_check.py", threads=1)
 

@@ -16,29 +16,20 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import REPO, OtherCommit, run_in_tree
+from _common import REPO, OtherCommit, comparison_parser, run_in_tree, work_folder
 
 
 def main(argv=None) -> int:
-    from refseg.cli import ArgumentParser
-
-    ap = ArgumentParser(prog="train_speed.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--against", required=True, help="the commit to compare with")
-    ap.add_argument("--steps", type=int, default=200, help="training steps per run (default: 200)")
+    ap = comparison_parser("train_speed.py", __doc__.split("\n\n")[0], 200, "training steps per run")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each tree (default: 3)")
-    ap.add_argument("--data-root", default=str(REPO / "data"), help="where refshapes is (written once)")
-    ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the figures as JSON here")
     ap.add_argument("overrides", nargs="*", help="config overrides for both runs (key=value)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.repeats < 1:
         ap.error("--steps and --repeats must be positive")
-    work_ctx = tempfile.TemporaryDirectory(prefix="train-speed-") if args.work is None else None
-    work = Path(args.work or work_ctx.name)
-    work.mkdir(parents=True, exist_ok=True)
+    work, work_ctx = work_folder(args.work, "train-speed-")
     rates: dict[str, list[float]] = {"this": [], "other": []}
     with OtherCommit(args.against, work / "other", "train_speed.py") as other:
         trees = {"this": REPO, "other": other}
