@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse larger images (default: 50)")
     # -- serving: the HTTP API (refseg.serve), its dynamic batcher and limits, the inference backend --
     p.add_argument("--backend", default="auto",
-                   help="how the model runs: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16, fp16, channels_last, "
+                   help="how the model runs: auto (bf16 on CUDA, channels_last on the CPU), fp32, bf16, fp16, channels_last, "
                         "compile, int8, onnx (see benchmarks/inference_backends.py)")
     p.add_argument("--batch-window-ms", type=float, default=serve.BATCH_WINDOW_MS,
                    help=f"wait this long for more requests to share a forward (default {serve.BATCH_WINDOW_MS:g})")
