@@ -82,3 +82,22 @@ def restarted_run(output_dir: str | Path | None, runs_dir: str | Path = RUNS_DIR
 
 
 __all__ = ["restarted_run", "write_launch_record", "same_job", "restart_count", "has_state", "LAUNCH_RECORD"]
+
+
+def restart_store_kwargs() -> dict:
+    """What ``init_process_group`` needs on a restart of torchrun's elastic agent: the job's store, seen
+    through a prefix of this attempt; {} on a first attempt or outside torchrun.
+
+    The agent keeps one store across restarts (``--standalone`` and c10d rendezvous, torch 2.14), so
+    without a prefix the restarted workers can read the previous attempt's gloo addresses from it and
+    connect to ports nobody listens on any more: "Gloo connectFullMesh failed ... Connection refused",
+    or a hang in ``init_process_group``, in about one restart in three here. accelerate passes these
+    to ``init_process_group`` (with its own choice of backend)."""
+    attempt = restart_count()
+    if attempt <= 0 or not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return {}
+    import torch.distributed as dist
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world_size = next(rendezvous("env://"))
+    return {"store": dist.PrefixStore(f"refseg/restart_{attempt}", store), "rank": rank, "world_size": world_size}

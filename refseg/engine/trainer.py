@@ -219,7 +219,9 @@ class Trainer:
         # The run directory is claimed first, on the main process, and every process gets the same one
         # (a timestamped name could differ by a second); accelerate's TensorBoard tracker needs it
         # before the Accelerator exists.
-        pstate = PartialState(cpu=self.cpu)
+        from .elastic import restart_store_kwargs
+
+        pstate = PartialState(cpu=self.cpu, **restart_store_kwargs())  # a restart: this attempt's own store keys
         if data:
             out, self.resume = on_main_process(self._claim_run_dir, pstate)
             self.out = Path(out)
