@@ -24,13 +24,12 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
@@ -40,44 +39,8 @@ from ..models.text import TextFeatureTable
 from ..utils import atomic_directory, atomic_write_text, cpu_bf16_flags, cpu_cores, read_directory
 from .rundir import TRAINER_STATE, RunDirectory, has_state, latest_run, on_main_process, resolve_run_dir  # noqa: F401
 from .badsamples import BAD_SAMPLES, SkipBadSamples, default_limit, read_records
+from .progress import EpochBatchSampler, TrainerState, drop_records_after
 from .schedule import UNPLANNED, TimeBudget, parameter_groups, poly_warmup_lambda
-
-
-# ---------------------------------------------------------------------------------------------
-# Deterministic, resumable data order
-# ---------------------------------------------------------------------------------------------
-
-
-class EpochBatchSampler(Sampler):
-    """Batches of a seeded permutation for one epoch, sharded by process, resumable mid-epoch.
-
-    The order depends only on (seed, epoch), so a resumed run sees exactly the batches the
-    uninterrupted run would have seen; ``skip`` drops the batches already consumed. Batches hold
-    ``(epoch, index)`` keys: the dataset's draws follow the epoch even in persistent workers, and
-    ``set_epoch`` moves one sampler (and so one DataLoader) on to the next epoch.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int,
-                 rank: int = 0, world_size: int = 1, skip: int = 0):
-        self.num_items, self.batch_size = num_items, batch_size
-        self.seed, self.epoch, self.rank, self.world_size, self.skip = seed, epoch, rank, world_size, skip
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = int(epoch), int(skip)
-
-    def global_batches(self) -> int:
-        return self.num_items // (self.batch_size * self.world_size)
-
-    def __len__(self) -> int:
-        return max(0, self.global_batches() - self.skip)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.num_items, generator=g).tolist()
-        step = self.batch_size * self.world_size
-        for b in range(self.skip, self.global_batches()):
-            chunk = perm[b * step:(b + 1) * step]
-            yield [(self.epoch, i) for i in chunk[self.rank::self.world_size]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,35 +62,6 @@ def resolve_mixed_precision(setting: str, use_cpu: bool, bf16_flags: Optional[li
     return "bf16" if (cpu_bf16_flags() if bf16_flags is None else bf16_flags) else "no"
 
 
-@dataclass
-class TrainerState:
-    step: int = 0  # optimiser steps done
-    epoch: int = 0
-    batches_in_epoch: int = 0  # batches of `epoch` already consumed
-    best_metric: float = -1.0
-    best_step: int = -1
-    skipped_steps: int = 0
-    elapsed: float = 0.0  # seconds of training, summed over resumes
-    planned_steps: int = 0  # schedule length fitted to train.max_minutes (0: not fitted yet)
-
-    def save(self, path: Path, scheduler) -> None:
-        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        path.write_text(json.dumps({**self.__dict__, "scheduler": sched}, indent=1))
-
-    @classmethod
-    def load(cls, path: Path, scheduler) -> "TrainerState":
-        data = json.loads(path.read_text())
-        sched = data.pop("scheduler")
-        sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
-        scheduler.load_state_dict(sched)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def end_epoch_if_done(self, batches_per_epoch: int) -> None:
-        """Roll over to the next epoch once every batch of this one is consumed."""
-        if self.batches_in_epoch >= batches_per_epoch:
-            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
-
-
 def launch_command(argv: Optional[list[str]] = None) -> str:
     """The command line this process was started with, as the user typed it (as far as it shows):
     ``accelerate launch train.py ...``, ``torchrun ... train.py ...`` or ``python train.py ...``."""
@@ -147,22 +81,6 @@ def launch_command(argv: Optional[list[str]] = None) -> str:
 def cpu_threads(setting: int | None, local_processes: int = 1) -> int:
     """Threads for one process: ``setting``, or the machine's cores shared among its processes."""
     return int(setting) if setting else max(1, cpu_cores() // max(1, local_processes))
-
-
-def _drop_records_after(path: Path, step: int) -> None:
-    """Forget evaluations logged after the checkpoint we resume from, and the final one (a save that
-    failed after it): they are about to be redone."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill or a full disk
-            continue
-        if rec.get("step", 0) <= step and not rec.get("final"):
-            keep.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,7 +483,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()  # every process has read the list before it is rewritten
         if self.is_main:
             print(f"resuming {self.out} at step {self.state.step}/{self.planned_steps}")
-            _drop_records_after(self.out / "metrics.jsonl", self.state.step)
+            drop_records_after(self.out / "metrics.jsonl", self.state.step)
             if (self.out / BAD_SAMPLES).exists():
                 atomic_write_text(self.out / BAD_SAMPLES, "".join(json.dumps(r) + "\n" for r in kept))
 
