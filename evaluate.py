@@ -228,22 +228,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(f"unknown split '{args.split}' for {data.name} ({data.split_by}): valid splits are "
                         f"{', '.join(splits + ['all'])}")
 
-    import torch
     from accelerate import Accelerator
 
     from refseg.data.dataset import RefSegDataset
     from refseg.engine.evaluate import evaluate
     from refseg.engine.rundir import claim_output_dir, on_main_process
-    from refseg.predictor import resolve_backend
+    from refseg.predictor import in_backend_layout, resolve_backend
 
     accelerator = Accelerator()
     if args.gallery:  # decided once, before anything is written
         on_main_process(lambda: str(claim_output_dir(args.gallery, args.overwrite)), accelerator.state)
     checkpoint = _load_model(ckpt)
     model, processor = checkpoint.model.to(accelerator.device), checkpoint.processor
-    if resolve_backend("auto", accelerator.device) == "channels_last":
-        # the Predictor's default on this device (refseg/predictor.py): the masks scored are its masks
-        model = model.to(memory_format=torch.channels_last)
+    # the Predictor's default backend on this device: the masks scored are its masks
+    model = in_backend_layout(model, resolve_backend("auto", accelerator.device))
     batch_size = args.batch_size or cfg.eval.batch_size
     num_workers = cfg.data.num_workers if args.num_workers is None else args.num_workers
     resized_gt = args.resized_gt or cfg.eval.resized_gt

@@ -52,6 +52,12 @@ def resolve_backend(backend: Optional[str], device: torch.device) -> str:
     return backend
 
 
+def in_backend_layout(model, backend: str):
+    """``model`` in the memory layout ``backend`` runs it in (channels_last: NHWC weights; else as it is).
+    evaluate.py scores the default backend's kernels through this, as the Predictor runs them."""
+    return model.to(memory_format=torch.channels_last) if backend == "channels_last" else model
+
+
 class Predictor:
     """Wraps a RefSegModel and its processor for single-image inference.
 
@@ -89,9 +95,8 @@ class Predictor:
         self._setup_backend(onnx_path)
 
     def _setup_backend(self, onnx_path) -> None:
-        if self.backend == "channels_last":
-            self.model = self._run = self.model.to(memory_format=torch.channels_last)
-        elif self.backend == "compile":
+        self.model = self._run = in_backend_layout(self.model, self.backend)
+        if self.backend == "compile":
             self._run = torch.compile(self.model)
         elif self.backend == "int8":
             from torch.ao.quantization import quantize_dynamic

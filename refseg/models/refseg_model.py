@@ -276,7 +276,8 @@ class RefSegModel(nn.Module):
         with atomic_directory(path) as tmp:
             run_config.save(tmp / CONFIG_FILE)
             # clone: safetensors refuses tensors that share storage; contiguous CPU copies always save
-            state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in (self.state_dict() if state_dict is None else state_dict).items()}
+            weights = self.state_dict() if state_dict is None else state_dict
+            state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": "refseg"})
             self.text_encoder.model.config.save_pretrained(str(tmp / TEXT_DIR))
             processor.save_pretrained(tmp)
