@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -106,8 +106,11 @@ class Segmenter:
         self.max_pixels = int(max_megapixels * 1e6)
         self.batcher = batcher  # a refseg.serve.Batcher: the page's forwards batched with the API's
 
-    def read(self, path: str | os.PathLike, name: Optional[str] = None) -> np.ndarray:
-        """An uploaded file -> RGB uint8 (H, W, 3); ImageReadError naming ``name`` (not the server path)."""
+    def read(self, path: str | os.PathLike | BinaryIO, name: Optional[str] = None) -> np.ndarray:
+        """An uploaded file (a path, or the open file itself) -> RGB uint8 (H, W, 3); ImageReadError
+        naming ``name`` (not the server path)."""
+        if hasattr(path, "read"):
+            return read_image(path, orientation="exif", max_pixels=self.max_pixels, name=name or "image")
         try:
             return read_image(path, orientation="exif", max_pixels=self.max_pixels)
         except ImageReadError as e:

@@ -2,6 +2,8 @@
 dataset images in their stored one."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -111,6 +113,28 @@ def test_bad_files_raise_one_line_errors(tmp_path, case):
     with pytest.raises(ImageReadError) as e:
         read_image(p)
     assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_an_open_file_reads_as_its_path(tmp_path):
+    """Uploads are decoded where they are (an open file, no copy to disk): the same pixels, EXIF included."""
+    img = Image.fromarray(_gradient(30, 50))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    img.save(tmp_path / "r.jpg", quality=90, exif=exif)
+    with open(tmp_path / "r.jpg", "rb") as f:
+        f.read(7)  # a file not at its start
+        out = read_image(f, name="r.jpg")
+    assert out.shape == (50, 30, 3) and np.array_equal(out, read_image(tmp_path / "r.jpg"))
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image", None])
+def test_bad_open_files_raise_one_line_errors_naming_the_upload(tmp_path, data):
+    if data is None:  # truncated
+        Image.fromarray(_gradient(200, 200)).save(tmp_path / "t.jpg", quality=95)
+        data = (tmp_path / "t.jpg").read_bytes()[:300]
+    with pytest.raises(ImageReadError) as e:
+        read_image(io.BytesIO(data), name="upload.jpg")
+    assert "\n" not in str(e.value) and "upload.jpg" in str(e.value)
 
 
 def test_overlay_keeps_size_and_marks_the_mask():

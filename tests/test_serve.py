@@ -148,7 +148,7 @@ def test_batched_equals_unbatched(predictor, capsys):
         print(f"\nbatched vs unbatched: largest |delta logit| {worst:.3g}")
 
 
-@pytest.mark.parametrize("case", ["empty_text", "not_an_image", "too_many_pixels", "no_image", "bad_format",
+@pytest.mark.parametrize("case", ["empty_text", "empty_image", "not_an_image", "too_many_pixels", "no_image", "bad_format",
                                   "not_multipart", "long_text"])
 def test_bad_input_is_400_json(api, case):
     files = {"image": ("p.png", _png(_scene()), "image/png")}
@@ -156,6 +156,8 @@ def test_bad_input_is_400_json(api, case):
     expect = ""
     if case == "empty_text":
         data, expect = {"text": "  \n "}, "expression is empty"
+    elif case == "empty_image":
+        files, expect = {"image": ("e.jpg", b"", "image/jpeg")}, "e.jpg"
     elif case == "not_an_image":
         files, expect = {"image": ("notes.png", b"this is not a picture", "image/png")}, "notes.png"
     elif case == "too_many_pixels":

@@ -11,7 +11,7 @@ import io
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import cv2
 import numpy as np
@@ -23,9 +23,12 @@ Orientation = Literal["stored", "exif"]
 _IMREAD_STORED = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # COCO masks are in the stored frame
 
 
-def read_image(path: str | Path, orientation: Orientation = "exif", where: str = "",
-               max_pixels: int | None = None) -> np.ndarray:
+def read_image(path: str | Path | BinaryIO, orientation: Orientation = "exif", where: str = "",
+               max_pixels: int | None = None, name: str | None = None) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3).
+
+    ``path`` may also be an open binary file (``"exif"`` only: an upload read where it is, in memory or
+    spooled, with no copy to disk); ``name`` then stands for it in error messages.
 
     ``orientation``:
 
@@ -40,7 +43,9 @@ def read_image(path: str | Path, orientation: Orientation = "exif", where: str =
     if orientation == "stored":
         return _read_stored(str(path), where)
     if orientation == "exif":
-        return _read_displayed(Path(path), max_pixels)
+        if hasattr(path, "read"):
+            return _read_displayed(path, max_pixels, name or getattr(path, "name", None) or "upload")
+        return _read_displayed(Path(path), max_pixels, name or str(path))
     raise ValueError(f"orientation must be 'stored' or 'exif', got {orientation!r}")
 
 
@@ -52,14 +57,21 @@ def _read_stored(path: str, where: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _read_displayed(p: Path, max_pixels: int | None = None) -> np.ndarray:
+def _read_displayed(source: Path | BinaryIO, max_pixels: int | None, p: str) -> np.ndarray:
+    """``source`` a path or an open binary file; ``p`` names it in messages."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not p.exists():
-        raise ImageReadError(f"image not found: {p}")
-    if p.is_dir():
-        raise ImageReadError(f"expected an image file, got a directory: {p}")
-    if p.stat().st_size == 0:
+    if isinstance(source, Path):
+        if not source.exists():
+            raise ImageReadError(f"image not found: {p}")
+        if source.is_dir():
+            raise ImageReadError(f"expected an image file, got a directory: {p}")
+        empty = source.stat().st_size == 0
+    else:
+        source.seek(0)
+        empty = not source.read(1)
+        source.seek(0)
+    if empty:
         raise ImageReadError(f"image file is empty: {p}")
     # The size limit is ours, checked from the header: PIL's global Image.MAX_IMAGE_PIXELS is left as the
     # process has it (its warning between 1x and 2x is silenced here; above 2x PIL refuses to open the
@@ -69,7 +81,7 @@ def _read_displayed(p: Path, max_pixels: int | None = None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 if limit is not None and im.width * im.height > limit:
                     raise ImageReadError(f"image too large: {im.width}x{im.height} is "
                                          f"{im.width * im.height / 1e6:.1f} megapixels, the limit is {limit / 1e6:g}")
