@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Load on the HTTP API: ``POST /api/segment`` under 1, 4, 8 and 32 concurrent clients.
 
-First ``Predictor.predict`` in this process on the photo (the model alone: the floor); then
 ``python app.py`` on a free 127.0.0.1 port with the serving flags given here, and for each level of
 --clients that many client threads send --requests requests in all (each level also stops after
---time-limit seconds). Per level: p50/p95/p99 latency of the 200s, requests/s, 503s, other errors
-(any other status or a failed connection) and the server's resident memory (now and peak). Last, the
-server must still answer /api/health.
+--time-limit seconds). Per level: p50/p95/p99 latency of the 200s, p99/p50, requests/s, 503s, other
+errors (any other status or a failed connection) and the server's resident memory (now and peak). The
+floor is ``Predictor.predict`` on the same photo in this process (the model alone); the one-client
+level alternates with it in blocks of --block requests, so both medians see the same machine. Last,
+the server must still answer /api/health, and the ratios are printed: one client's p50 against the
+in-process median, each level's requests/s against one client's.
 
     python benchmarks/serve_load.py --checkpoint runs/x/best
     python benchmarks/serve_load.py --checkpoint runs/x/best --clients 64 --max-queue 16 --requests 256
@@ -90,7 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", default="1,4,8,32", help="concurrency levels, comma-separated")
     ap.add_argument("--requests", type=int, default=64, help="requests per level (default 64)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per level at most (default 120)")
-    ap.add_argument("--repeats", type=int, default=20, help="in-process Predictor.predict calls (default 20)")
+    ap.add_argument("--block", type=int, default=16,
+                    help="one client and the in-process Predictor alternate in blocks of this many requests "
+                         "(default 16)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads, server and Predictor")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--batch-window-ms", type=float, default=None)
@@ -100,8 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
-    if not levels or min(levels) < 1 or args.requests < 1 or args.time_limit <= 0:
-        raise UserError("--clients must list positive counts; --requests and --time-limit must be positive")
+    if not levels or min(levels) < 1 or args.requests < 1 or args.time_limit <= 0 or args.block < 1:
+        raise UserError("--clients must list positive counts; --requests, --block and --time-limit must be positive")
     ckpt = resolve_checkpoint(args.checkpoint, runs_dir=REPO / "runs")
     import httpx
     import torch
@@ -123,15 +127,16 @@ def main(argv=None) -> int:
           f"text {args.text!r}")
 
     predictor = Predictor.from_pretrained(ckpt, device="cpu", backend=args.backend)
-    alone = []
-    for i in range(args.repeats + 2):
-        t0 = time.perf_counter()
-        predictor.predict(image, args.text)
-        if i >= 2:
-            alone.append(time.perf_counter() - t0)
-    del predictor
-    print(f"in-process Predictor.predict ({args.backend}): median {1000 * statistics.median(alone):.1f} ms, "
-          f"{1 / statistics.median(alone):.1f} requests/s (n={len(alone)})")
+
+    def in_process(calls: int) -> list[float]:
+        """``calls`` + 2 predicts; the seconds of all but the first 2."""
+        seconds = []
+        for i in range(calls + 2):
+            t0 = time.perf_counter()
+            predictor.predict(image, args.text)
+            if i >= 2:
+                seconds.append(time.perf_counter() - t0)
+        return seconds
 
     flags = ["--device", "cpu", "--threads", str(torch.get_num_threads()), "--backend", args.backend]
     for flag in ("batch_window_ms", "max_batch", "max_queue", "request_timeout"):
@@ -139,22 +144,44 @@ def main(argv=None) -> int:
             flags += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     log = open(Path(tmp.name) / "server.log", "w")
     proc, url = start_app(ckpt, log, *flags)
-    rows = []
+    name = Path(args.image).name
+    rows, rates, alone = [], {}, []
     try:
         health = httpx.get(url + "api/health", timeout=30).json()
         print(f"server: {' '.join(flags)}; batch window {health['batch_window_ms']:g} ms, max batch "
               f"{health['max_batch']}, max queue {health['max_queue']}; RSS {_rss_mb(proc.pid)[0]:.0f} MB idle")
-        _level(url, body, Path(args.image).name, args.text, 1, 2, 60)  # warm-up
+        _level(url, body, name, args.text, 1, 2, 60)  # warm-up
         for n in levels:
-            r = _level(url, body, Path(args.image).name, args.text, n, args.requests, args.time_limit)
+            if n == 1:
+                # One client against the in-process Predictor, in alternating blocks: this VM's speed drifts
+                # by a third within minutes, and alternating puts the same drift on both medians. The first
+                # 2 calls of each block are not counted (the other process's OpenMP threads may still spin).
+                parts = []
+                while sum(len(q["lat"]) for q in parts) < args.requests:
+                    alone += in_process(args.block)
+                    part = _level(url, body, name, args.text, 1, args.block + 2, args.time_limit)
+                    part["lat"] = part["lat"][2:]
+                    parts.append(part)
+                r = {"lat": [x for q in parts for x in q["lat"]], "wall": sum(q["wall"] for q in parts),
+                     "sent": sum(q["sent"] for q in parts), "errors": [e for q in parts for e in q["errors"]],
+                     "codes": {}}
+                for q in parts:
+                    for code, count in q["codes"].items():
+                        r["codes"][code] = r["codes"].get(code, 0) + count
+            else:
+                r = _level(url, body, name, args.text, n, args.requests, args.time_limit)
             rss, peak = _rss_mb(proc.pid)
             lat = np.array(r["lat"]) * 1000
             q = (lambda p: f"{np.percentile(lat, p):7.1f}") if len(lat) else (lambda p: "      -")
             ok = r["codes"].get(200, 0)
             busy = r["codes"].get(503, 0)
             other = r["sent"] - ok - busy
+            rates[n] = ok / r["wall"]
+            tail = f"{np.percentile(lat, 99) / np.percentile(lat, 50):7.2f}" if len(lat) else "      -"
             rows.append(f"| {n:7d} | {r['sent']:4d} | {ok:4d} | {busy:4d} | {other:6d} | {q(50)} | {q(95)} | {q(99)} | "
-                        f"{ok / r['wall']:6.2f} | {rss:6.0f} | {peak:6.0f} |")
+                        f"{tail} | {rates[n]:6.2f} | {rss:6.0f} | {peak:6.0f} |")
+            if n == 1:
+                one_client = float(np.median(lat)) if len(lat) else float("nan")
             if other:
                 rows[-1] += f" other statuses {dict((k, v) for k, v in r['codes'].items() if k not in (200, 503))}"
         still = httpx.get(url + "api/health", timeout=30).status_code
@@ -162,12 +189,23 @@ def main(argv=None) -> int:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+    if not alone:  # no one-client level: the in-process median alone, after the server has gone
+        alone = in_process(args.block * 4)
+    model_ms = 1000 * statistics.median(alone)
+    print(f"in-process Predictor.predict ({args.backend}): median {model_ms:.1f} ms, "
+          f"{1000 / model_ms:.1f} requests/s (n={len(alone)})")
     print()
-    print("| clients | sent |  200 |  503 | errors |  p50 ms |  p95 ms |  p99 ms |  req/s | RSS MB | peak MB |")
-    print("|--------:|-----:|-----:|-----:|-------:|--------:|--------:|--------:|-------:|-------:|--------:|")
+    print("| clients | sent |  200 |  503 | errors |  p50 ms |  p95 ms |  p99 ms | p99/p50 |  req/s | RSS MB | peak MB |")
+    print("|--------:|-----:|-----:|-----:|-------:|--------:|--------:|--------:|--------:|-------:|-------:|--------:|")
     print("\n".join(rows))
     print(f"\nlatency: of the 200s, client side (upload, decode, queue, batch, model, PNG); in-process model alone "
-          f"median {1000 * statistics.median(alone):.1f} ms. After the load: /api/health {still}.")
+          f"median {model_ms:.1f} ms. After the load: /api/health {still}.")
+    if 1 in levels:
+        print(f"1 client: p50 {one_client:.1f} ms = {one_client / model_ms:.2f}x the in-process median "
+              f"(alternating blocks of {args.block})")
+        for n in levels:
+            if n > 1:
+                print(f"{n} clients: {rates[n] / rates[1]:.2f}x the requests/s of 1 client")
     return 0
 
 

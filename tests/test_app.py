@@ -421,6 +421,20 @@ def _expression(n: int) -> str:
     return text
 
 
+def test_the_page_queue_does_not_poll_every_millisecond():
+    """Gradio's queue looks for work every 1 ms on Linux: the server thread then takes the GIL from
+    the model's forward ~850 times a second. The page's queue polls every PAGE_QUEUE_POLL_S (this also
+    fails if Gradio renames the attributes, which would silently bring the 1 ms polling back)."""
+    from refseg.app import PAGE_QUEUE_POLL_S, _calm_queue, offline_gradio
+
+    gr = offline_gradio()
+    with gr.Blocks() as demo:
+        gr.Textbox()
+    queue = _calm_queue(demo.queue())._queue
+    assert queue.sleep_when_free >= PAGE_QUEUE_POLL_S >= 0.01
+    assert queue.progress_update_sleep_when_free >= PAGE_QUEUE_POLL_S
+
+
 def test_expression_length_limit_at_the_boundary():
     """300 characters are read; 301 are refused with the count and the limit (also on one line of several)."""
     from refseg.app import MAX_EXPRESSION_CHARS, UserError, parse_expressions
