@@ -128,8 +128,9 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_image_size(image: bytes | str | Path) -> tuple[int, int]:
-    """(height, width) of encoded image bytes or an image file, from the header (no pixel decode).
+def read_image_size(image: bytes | str | Path | BinaryIO) -> tuple[int, int]:
+    """(height, width) of encoded image bytes, an image file or an open one (read from where it
+    is), from the header (no pixel decode).
 
     Raises FileNotFoundError for a missing file and ValueError / PIL's errors for unreadable data.
     """
