@@ -4,7 +4,8 @@
 ``python app.py`` on a free 127.0.0.1 port with the serving flags given here, and for each level of
 --clients that many client threads send --requests requests in all (each level also stops after
 --time-limit seconds). Per level: p50/p95/p99 latency of the 200s, p99/p50, requests/s, 503s, other
-errors (any other status or a failed connection) and the server's resident memory (now and peak). The
+errors (any other status or a failed connection), requests per forward (batch) and the server's
+resident memory (now and peak). The
 floor is ``Predictor.predict`` on the same photo in this process (the model alone); the one-client
 level alternates with it in blocks of --block requests, so both medians see the same machine. Last,
 the server must still answer /api/health, and the ratios are printed: one client's p50 against the
@@ -152,6 +153,7 @@ def main(argv=None) -> int:
               f"{health['max_batch']}, max queue {health['max_queue']}; RSS {_rss_mb(proc.pid)[0]:.0f} MB idle")
         _level(url, body, name, args.text, 1, 2, 60)  # warm-up
         for n in levels:
+            before = httpx.get(url + "api/health", timeout=30).json()
             if n == 1:
                 # One client against the in-process Predictor, in alternating blocks: this VM's speed drifts
                 # by a third within minutes, and alternating puts the same drift on both medians. The first
@@ -171,6 +173,8 @@ def main(argv=None) -> int:
             else:
                 r = _level(url, body, name, args.text, n, args.requests, args.time_limit)
             rss, peak = _rss_mb(proc.pid)
+            after = httpx.get(url + "api/health", timeout=30).json()
+            per_forward = (after["requests"] - before["requests"]) / max(1, after["batches"] - before["batches"])
             lat = np.array(r["lat"]) * 1000
             q = (lambda p: f"{np.percentile(lat, p):7.1f}") if len(lat) else (lambda p: "      -")
             ok = r["codes"].get(200, 0)
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
             rates[n] = ok / r["wall"]
             tail = f"{np.percentile(lat, 99) / np.percentile(lat, 50):7.2f}" if len(lat) else "      -"
             rows.append(f"| {n:7d} | {r['sent']:4d} | {ok:4d} | {busy:4d} | {other:6d} | {q(50)} | {q(95)} | {q(99)} | "
-                        f"{tail} | {rates[n]:6.2f} | {rss:6.0f} | {peak:6.0f} |")
+                        f"{tail} | {per_forward:5.2f} | {rates[n]:5.1f} | {rss:6.0f} | {peak:6.0f} |")
             if n == 1:
                 one_client = float(np.median(lat)) if len(lat) else float("nan")
             if other:
@@ -195,8 +199,10 @@ def main(argv=None) -> int:
     print(f"in-process Predictor.predict ({args.backend}): median {model_ms:.1f} ms, "
           f"{1000 / model_ms:.1f} requests/s (n={len(alone)})")
     print()
-    print("| clients | sent |  200 |  503 | errors |  p50 ms |  p95 ms |  p99 ms | p99/p50 |  req/s | RSS MB | peak MB |")
-    print("|--------:|-----:|-----:|-----:|-------:|--------:|--------:|--------:|--------:|-------:|-------:|--------:|")
+    print("| clients | sent |  200 |  503 | errors |  p50 ms |  p95 ms |  p99 ms | p99/p50 | batch | req/s |"
+          " RSS MB | peak MB |")
+    print("|--------:|-----:|-----:|-----:|-------:|--------:|--------:|--------:|--------:|------:|------:|"
+          "-------:|--------:|")
     print("\n".join(rows))
     print(f"\nlatency: of the 200s, client side (upload, decode, queue, batch, model, PNG); in-process model alone "
           f"median {model_ms:.1f} ms. After the load: /api/health {still}.")
