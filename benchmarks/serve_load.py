@@ -9,7 +9,8 @@ resident memory (now and peak). The
 floor is ``Predictor.predict`` on the same photo in this process (the model alone); the one-client
 level alternates with it in blocks of --block requests, so both medians see the same machine. Last,
 the server must still answer /api/health, and the ratios are printed: one client's p50 against the
-in-process median, each level's requests/s against one client's.
+in-process median, each level's requests/s against one client's in blocks of --block requests just
+before and after that level.
 
     python benchmarks/serve_load.py --checkpoint runs/x/best
     python benchmarks/serve_load.py --checkpoint runs/x/best --clients 64 --max-queue 16 --requests 256
@@ -146,14 +147,18 @@ def main(argv=None) -> int:
     log = open(Path(tmp.name) / "server.log", "w")
     proc, url = start_app(ckpt, log, *flags)
     name = Path(args.image).name
-    rows, rates, alone = [], {}, []
+    rows, rates, alone, adjacent = [], {}, [], {}
     try:
         health = httpx.get(url + "api/health", timeout=30).json()
         print(f"server: {' '.join(flags)}; batch window {health['batch_window_ms']:g} ms, max batch "
               f"{health['max_batch']}, max queue {health['max_queue']}; RSS {_rss_mb(proc.pid)[0]:.0f} MB idle")
         _level(url, body, name, args.text, 1, 2, 60)  # warm-up
+        def counts() -> tuple[int, int]:
+            h = httpx.get(url + "api/health", timeout=30).json()
+            return h["requests"], h["batches"]
+
         for n in levels:
-            before = httpx.get(url + "api/health", timeout=30).json()
+            before = counts()
             if n == 1:
                 # One client against the in-process Predictor, in alternating blocks: this VM's speed drifts
                 # by a third within minutes, and alternating puts the same drift on both medians. The first
@@ -171,10 +176,18 @@ def main(argv=None) -> int:
                     for code, count in q["codes"].items():
                         r["codes"][code] = r["codes"].get(code, 0) + count
             else:
+                # One client just before and just after: the level's requests/s is compared with these
+                # (the machine's speed drifts within minutes; adjacent blocks see the same machine).
+                around = [_level(url, body, name, args.text, 1, args.block + 2, args.time_limit)["lat"][2:]]
+                before = counts()
                 r = _level(url, body, name, args.text, n, args.requests, args.time_limit)
+                after = counts()
+                around.append(_level(url, body, name, args.text, 1, args.block + 2, args.time_limit)["lat"][2:])
+                adjacent[n] = sum(map(len, around)) / max(1e-9, sum(map(sum, around)))
             rss, peak = _rss_mb(proc.pid)
-            after = httpx.get(url + "api/health", timeout=30).json()
-            per_forward = (after["requests"] - before["requests"]) / max(1, after["batches"] - before["batches"])
+            if n == 1:
+                after = counts()
+            per_forward = (after[0] - before[0]) / max(1, after[1] - before[1])
             lat = np.array(r["lat"]) * 1000
             q = (lambda p: f"{np.percentile(lat, p):7.1f}") if len(lat) else (lambda p: "      -")
             ok = r["codes"].get(200, 0)
@@ -209,9 +222,10 @@ def main(argv=None) -> int:
     if 1 in levels:
         print(f"1 client: p50 {one_client:.1f} ms = {one_client / model_ms:.2f}x the in-process median "
               f"(alternating blocks of {args.block})")
-        for n in levels:
-            if n > 1:
-                print(f"{n} clients: {rates[n] / rates[1]:.2f}x the requests/s of 1 client")
+    for n in levels:
+        if n > 1:
+            print(f"{n} clients: {rates[n] / adjacent[n]:.2f}x the requests/s of 1 client just before and "
+                  f"after it ({adjacent[n]:.1f}/s)")
     return 0
 
 

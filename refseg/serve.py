@@ -5,9 +5,9 @@
 
 ``Batcher``: one worker thread owns the model. Requests wait in a bounded queue; the worker takes the
 first and whatever queued while the last forward ran, and, under load (more waiting, or the last
-forward served several), waits up to ``window_ms`` for more, up to ``max_batch`` expressions, and runs them in ONE forward (``Predictor.margins_many``: each request's
-image resized to the processor's uint8 planes, all stacked; each request's logits brought back to its
-own image). A full queue refuses at once (``ServerBusy``); a request waiting longer than its timeout
+forward served several), waits up to ``window_ms`` for more, up to ``max_batch`` expressions, and
+runs them in ONE forward (``Predictor.forward_many``: each request's image resized to the processor's
+uint8 planes, all stacked; each request's logits brought back to its own image). A full queue refuses at once (``ServerBusy``); a request waiting longer than its timeout
 is dropped from the queue.
 
 ``api_router``: ``POST /api/segment`` (multipart ``image`` + ``text``; ``format`` png or json),
