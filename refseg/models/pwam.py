@@ -28,10 +28,14 @@ from ..config import FusionConfig
 
 
 def instance_norm_tokens(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """InstanceNorm1d (no affine) on tokens: (B, N, C), each channel normalised over N. Stats in fp32."""
+    """InstanceNorm1d (no affine) on tokens: (B, N, C), each channel normalised over N. Stats in fp32.
+
+    Two plain means, not ``torch.var_mean``: over the middle dimension var_mean and its backward took
+    2-4x as long on the CPU (10 of a default training step's 200 ms); the results agree to 1e-6."""
     xf = x.float()
-    var, mean = torch.var_mean(xf, dim=1, keepdim=True, correction=0)
-    return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
+    centred = xf - xf.mean(dim=1, keepdim=True)
+    var = (centred * centred).mean(dim=1, keepdim=True)
+    return (centred * torch.rsqrt(var + eps)).to(x.dtype)
 
 
 def coordinate_channels(H: int, W: int, device=None, dtype=None) -> torch.Tensor:
