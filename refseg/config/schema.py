@@ -298,9 +298,9 @@ class TrainConfig:
     max_minutes: Optional[float] = option(
         13.0, "wall-clock minutes for the whole run (data generation, training and evaluations), used "
         "when max_steps and max_epochs are null: the run measures its speed and plans its steps")
-    batch_size: int = option(8, "images per process and step")
+    batch_size: int = option(16, "images per process and step")
     gradient_accumulation_steps: int = option(1, "batches per optimiser step")
-    lr: float = option(5e-4, "AdamW learning rate")
+    lr: float = option(7e-4, "AdamW learning rate")
     text_lr: Optional[float] = option(None, "learning rate of the trainable text layers (null: lr)")
     weight_decay: float = option(1e-2, "AdamW weight decay (the parameters it skips: weight_decay_rule)")
     weight_decay_rule: Literal["refseg", "lavt"] = option(
@@ -309,7 +309,7 @@ class TrainConfig:
         "encoder, PWAMs, gates, output norms; biases, the decoder's BatchNorm and the text layers decay)")
     sync_batchnorm: bool = option(False, "synchronise the decoder's BatchNorm statistics across GPUs when "
                                          "training on several (LAVT: true)")
-    warmup_steps: int = option(100, "linear warm-up steps before the poly decay")
+    warmup_steps: int = option(50, "linear warm-up steps before the poly decay")
     poly_power: float = option(0.9, "lr x (1 - step / max_steps) ** poly_power (LAVT: 0.9)")
     grad_clip: Optional[float] = option(1.0, "gradient-norm clipping (null: none)")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
