@@ -7,8 +7,8 @@
 first and whatever queued while the last forward ran, and, under load (more waiting, or the last
 forward served several), waits up to ``window_ms`` for more, up to ``max_batch`` expressions, and
 runs them in ONE forward (``Predictor.forward_many``: each request's image resized to the processor's
-uint8 planes, all stacked; each request's logits brought back to its own image). A full queue refuses at once (``ServerBusy``); a request waiting longer than its timeout
-is dropped from the queue.
+uint8 planes, all stacked; each request's logits brought back to its own image). A full queue refuses
+at once (``ServerBusy``); a request waiting longer than its timeout is dropped from the queue.
 
 ``api_router``: ``POST /api/segment`` (multipart ``image`` + ``text``; ``format`` png or json),
 ``GET /api/health``; errors are JSON ``{"error": ...}``: 400 bad input, 413 body over the limit
@@ -36,7 +36,7 @@ BATCH_WINDOW_MS = 5.0
 MAX_BATCH = 8
 MAX_QUEUE = 32
 REQUEST_TIMEOUT = 60.0
-INLINE_DECODE_PIXELS = 1 << 20  # uploads up to a megapixel are decoded in the event loop (api_router)
+INLINE_PIXELS = 1 << 20  # images up to a megapixel are decoded and encoded in the event loop (api_router)
 MAX_BODY_MB = 100.0  # as the page's upload limit (refseg.app.MAX_UPLOAD)
 
 
@@ -348,7 +348,7 @@ def api_router(segmenter, batcher: Batcher, max_body_bytes: int = int(MAX_BODY_M
         return segmenter.read(upload.file, name=Path(upload.filename or "image").name)
 
     async def decode(upload) -> np.ndarray:
-        """``read_image`` in the event loop for a photo of up to ``INLINE_DECODE_PIXELS`` (2 ms at
+        """``read_image`` in the event loop for a photo of up to ``INLINE_PIXELS`` (2 ms at
         640x480: less than the hop to a worker thread and back, 0.45 ms of a one-client request here),
         in a worker thread for larger ones or an unreadable header, which must not hold the loop."""
         try:
@@ -356,7 +356,7 @@ def api_router(segmenter, batcher: Batcher, max_body_bytes: int = int(MAX_BODY_M
             height, width = read_image_size(upload.file)
         except Exception:  # noqa: BLE001 - the reader, in a thread, says what is wrong with it
             height = width = None
-        if height is not None and height * width <= INLINE_DECODE_PIXELS:
+        if height is not None and height * width <= INLINE_PIXELS:
             return read_image(upload)
         return await run_in_threadpool(read_image, upload)
 
@@ -399,7 +399,7 @@ def api_router(segmenter, batcher: Batcher, max_body_bytes: int = int(MAX_BODY_M
             union = masks.any(axis=0)
             # Encoding takes 0.3 ms at 640x480: in the event loop that is less than the hop to a worker
             # thread and back; a large image's would hold the loop, so it goes to the thread pool.
-            body = encode_png(union) if union.size <= 1 << 20 else await run_in_threadpool(encode_png, union)
+            body = encode_png(union) if union.size <= INLINE_PIXELS else await run_in_threadpool(encode_png, union)
             return Response(body, media_type="image/png", headers=timing)
         h, w = masks.shape[1:]
         out = {"width": w, "height": h, "model_ms": round(result.model_ms, 2), "batch_requests": result.batch_requests,
