@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable, Optional, Sequence
 import numpy as np
 
 from .data.io import read_image, write_image
-from .errors import ImageReadError, UserError
+from .errors import UserError
 from .visualize import PALETTE, captions, no_match_message, overlay, printable_line
 
 MAX_MEGAPIXELS = 50.0  # a 48-megapixel phone photo fits; decoding it takes 150 MB, its masks 50 MB each
@@ -109,13 +109,8 @@ class Segmenter:
     def read(self, path: str | os.PathLike | BinaryIO, name: Optional[str] = None) -> np.ndarray:
         """An uploaded file (a path, or the open file itself) -> RGB uint8 (H, W, 3); ImageReadError
         naming ``name`` (not the server path)."""
-        if hasattr(path, "read"):
-            return read_image(path, orientation="exif", max_pixels=self.max_pixels, name=name or "image")
-        try:
-            return read_image(path, orientation="exif", max_pixels=self.max_pixels)
-        except ImageReadError as e:
-            msg = str(e).replace(str(path), name or Path(path).name)
-            raise ImageReadError(msg) from None
+        shown = name or ("image" if hasattr(path, "read") else Path(path).name)
+        return read_image(path, orientation="exif", max_pixels=self.max_pixels, name=shown)
 
     def segment(self, path: str | os.PathLike, text: Optional[str], name: Optional[str] = None) -> Segmentation:
         start = time.perf_counter()

@@ -44,7 +44,7 @@ def read_image(path: str | Path | BinaryIO, orientation: Orientation = "exif", w
         return _read_stored(str(path), where)
     if orientation == "exif":
         if hasattr(path, "read"):
-            return _read_displayed(path, max_pixels, name or getattr(path, "name", None) or "upload")
+            return _read_displayed(path, max_pixels, name or "upload")  # (a temporary file's .name is its fd)
         return _read_displayed(Path(path), max_pixels, name or str(path))
     raise ValueError(f"orientation must be 'stored' or 'exif', got {orientation!r}")
 
