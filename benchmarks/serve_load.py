@@ -5,12 +5,11 @@
 --clients that many client threads send --requests requests in all (each level also stops after
 --time-limit seconds). Per level: p50/p95/p99 latency of the 200s, p99/p50, requests/s, 503s, other
 errors (any other status or a failed connection), requests per forward (batch) and the server's
-resident memory (now and peak). The
-floor is ``Predictor.predict`` on the same photo in this process (the model alone); the one-client
-level alternates with it in blocks of --block requests, so both medians see the same machine. Last,
-the server must still answer /api/health, and the ratios are printed: one client's p50 against the
-in-process median, each level's requests/s against one client's in blocks of --block requests just
-before and after that level.
+resident memory (now and peak). The floor is ``Predictor.predict`` on the same photo in this
+process (the model alone); the one-client level alternates with it in blocks of --block requests, so
+both medians see the same machine. Last, the server must still answer /api/health, and the ratios
+are printed: one client's p50 against the in-process median, each level's requests/s against one
+client's in blocks of --block requests just before and after that level.
 
     python benchmarks/serve_load.py --checkpoint runs/x/best
     python benchmarks/serve_load.py --checkpoint runs/x/best --clients 64 --max-queue 16 --requests 256
@@ -153,40 +152,42 @@ def main(argv=None) -> int:
         print(f"server: {' '.join(flags)}; batch window {health['batch_window_ms']:g} ms, max batch "
               f"{health['max_batch']}, max queue {health['max_queue']}; RSS {_rss_mb(proc.pid)[0]:.0f} MB idle")
         _level(url, body, name, args.text, 1, 2, 60)  # warm-up
+
         def counts() -> tuple[int, int]:
             h = httpx.get(url + "api/health", timeout=30).json()
             return h["requests"], h["batches"]
 
+        def block() -> list[float]:
+            """One client, --block counted requests (2 more first): their latencies."""
+            return _level(url, body, name, args.text, 1, args.block + 2, args.time_limit)["lat"][2:]
+
         for n in levels:
-            before = counts()
             if n == 1:
                 # One client against the in-process Predictor, in alternating blocks: this VM's speed drifts
                 # by a third within minutes, and alternating puts the same drift on both medians. The first
                 # 2 calls of each block are not counted (the other process's OpenMP threads may still spin).
-                parts = []
+                before, parts = counts(), []
                 while sum(len(q["lat"]) for q in parts) < args.requests:
                     alone += in_process(args.block)
                     part = _level(url, body, name, args.text, 1, args.block + 2, args.time_limit)
                     part["lat"] = part["lat"][2:]
                     parts.append(part)
+                after = counts()
                 r = {"lat": [x for q in parts for x in q["lat"]], "wall": sum(q["wall"] for q in parts),
-                     "sent": sum(q["sent"] for q in parts), "errors": [e for q in parts for e in q["errors"]],
-                     "codes": {}}
+                     "sent": sum(q["sent"] for q in parts), "codes": {}}
                 for q in parts:
                     for code, count in q["codes"].items():
                         r["codes"][code] = r["codes"].get(code, 0) + count
             else:
                 # One client just before and just after: the level's requests/s is compared with these
                 # (the machine's speed drifts within minutes; adjacent blocks see the same machine).
-                around = [_level(url, body, name, args.text, 1, args.block + 2, args.time_limit)["lat"][2:]]
+                around = block()
                 before = counts()
                 r = _level(url, body, name, args.text, n, args.requests, args.time_limit)
                 after = counts()
-                around.append(_level(url, body, name, args.text, 1, args.block + 2, args.time_limit)["lat"][2:])
-                adjacent[n] = sum(map(len, around)) / max(1e-9, sum(map(sum, around)))
+                around += block()
+                adjacent[n] = len(around) / max(1e-9, sum(around))
             rss, peak = _rss_mb(proc.pid)
-            if n == 1:
-                after = counts()
             per_forward = (after[0] - before[0]) / max(1, after[1] - before[1])
             lat = np.array(r["lat"]) * 1000
             q = (lambda p: f"{np.percentile(lat, p):7.1f}") if len(lat) else (lambda p: "      -")
